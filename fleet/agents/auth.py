@@ -1,0 +1,33 @@
+"""ASGI middleware for the agent socket: authenticate the node secret before any frame is read."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+
+from fleet.inventory.services import authenticate_node
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+class NodeSecretMiddleware:
+    """Puts the node's active credential (or None) into ``scope["fleet_credential"]``.
+
+    The consumer refuses the handshake (HTTP 403) when it is None, so an unknown or revoked secret
+    never gets a frame read.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        scope = dict(scope)
+        secret = bearer_token(scope.get("headers", []))
+        scope["fleet_credential"] = await database_sync_to_async(authenticate_node)(secret) if secret else None
+        return await self.inner(scope, receive, send)

@@ -1,0 +1,148 @@
+"""The server side of the agent websocket (`/ws/agent/`)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from fleet import events
+from fleet.agent import protocol
+from fleet.agents import presence
+
+log = logging.getLogger(__name__)
+
+CLOSE_CREDENTIAL_REFUSED = 4401
+CLOSE_REPLACED = 4409
+CLOSE_SILENT = 4408
+CLOSE_TOO_MANY_ERRORS = 4429
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+ERROR_BUDGET = 20  # invalid frames tolerated per minute before the agent counts as flooding
+
+_connections = itertools.count()
+_open = 0  # agent connections open in this process
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    node_id: int | None = None
+
+    async def connect(self) -> None:
+        global _open
+        credential = self.scope.get("fleet_credential")
+        if credential is None:
+            await self.close()  # before accept: Daphne answers the handshake with 403
+            return
+        if _open >= settings.FLEET_MAX_AGENT_CONNECTIONS:
+            log.warning("refusing agent connection: %d open in this process", _open)
+            await self.close()
+            return
+        self.node_id = credential.node_id
+        self.node_name = credential.node.name
+        self.group = events.node_group(self.node_id)
+        self.hello_done = False
+        self.last_frame = time.monotonic()
+        self.last_seen_written = 0.0
+        self.errors: list[float] = []
+        self.tasks: list[asyncio.Task] = []
+        _open += 1
+        await self.accept()
+        # Tell an older connection of this node (in any server process) to go, then join the group.
+        await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        presence.ensure_sweeper()
+
+    async def disconnect(self, code: int) -> None:
+        global _open
+        if self.node_id is None:
+            return
+        _open -= 1
+        for task in self.tasks:
+            task.cancel()
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        log.info("agent %s disconnected (code %s)", self.node_name, code)
+        self.node_id = None
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        data = text_data if text_data is not None else bytes_data or b""
+        try:
+            frame = protocol.parse_agent_frame(data, max_bytes=settings.FLEET_MAX_FRAME_BYTES)
+        except protocol.FrameError as error:
+            await self._refuse(error)
+            return
+        self.last_frame = time.monotonic()
+        if not self.hello_done:
+            if frame.type != "hello":
+                await self._refuse(protocol.FrameError("hello_required", "type: the first frame must be 'hello'"))
+                return
+            await self._on_hello(frame)
+            return
+        if frame.type == "hello":
+            await self._on_hello(frame)
+        else:
+            await self._touch()
+
+    async def _on_hello(self, hello: protocol.Hello) -> None:
+        await database_sync_to_async(presence.record_hello)(self.node_id, hello)
+        self.last_seen_written = time.monotonic()
+        first = not self.hello_done
+        self.hello_done = True
+        await self._send(
+            protocol.Welcome(
+                type="welcome",
+                node_id=self.node_id,
+                node_name=self.node_name,
+                heartbeat_interval=settings.FLEET_HEARTBEAT_INTERVAL,
+                metrics_interval=settings.FLEET_METRICS_INTERVAL,
+                offline_after=settings.FLEET_OFFLINE_AFTER,
+            )
+        )
+        if first:
+            self.tasks.append(asyncio.create_task(self._heartbeat()))
+            log.info("agent %s connected (%d GPUs)", self.node_name, len(hello.gpus))
+
+    async def _touch(self) -> None:
+        now = time.monotonic()
+        if now - self.last_seen_written >= settings.FLEET_HEARTBEAT_INTERVAL:
+            self.last_seen_written = now
+            await database_sync_to_async(presence.record_seen)(self.node_id)
+
+    async def _heartbeat(self) -> None:
+        """Ping the agent every heartbeat interval; close a connection that has gone silent."""
+        for nonce in itertools.count(1):
+            await asyncio.sleep(settings.FLEET_HEARTBEAT_INTERVAL)
+            if time.monotonic() - self.last_frame > settings.FLEET_OFFLINE_AFTER:
+                log.info("agent %s silent for %.0fs; closing", self.node_name, settings.FLEET_OFFLINE_AFTER)
+                await self.close(code=CLOSE_SILENT)
+                return
+            await self._send(protocol.Ping(type="ping", nonce=str(nonce)))
+
+    async def _refuse(self, error: protocol.FrameError) -> None:
+        await self.send(text_data=protocol.Error(type="error", code=error.code, detail=error.detail).model_dump_json())
+        if error.code == "frame_too_large":
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        now = time.monotonic()
+        self.errors = [t for t in self.errors if now - t < 60] + [now]
+        if len(self.errors) > ERROR_BUDGET:
+            log.warning("agent %s sent %d invalid frames in a minute; closing", self.node_name, len(self.errors))
+            await self.close(code=CLOSE_TOO_MANY_ERRORS)
+
+    async def _send(self, frame: protocol.BaseModel) -> None:
+        await self.send(text_data=frame.model_dump_json())
+
+    # ---- messages from the channel layer ----
+
+    async def agent_replace(self, event: dict) -> None:
+        if event.get("channel") != self.channel_name:
+            log.info("agent %s reconnected elsewhere; closing the older connection", self.node_name)
+            await self.close(code=CLOSE_REPLACED)
+
+    async def agent_revoked(self, event: dict) -> None:
+        await self.close(code=CLOSE_CREDENTIAL_REFUSED)

@@ -1,0 +1,136 @@
+"""What the server learns from an agent connection: facts from `hello`, liveness, offline detection.
+
+Liveness is kept without a DB write per frame: a connection remembers when it last heard from the
+agent and writes `last_seen` at most once per heartbeat interval. A node goes offline only when
+`last_seen` is older than FLEET_OFFLINE_AFTER (checked by the sweeper), never on a mere disconnect,
+so a quick reconnect or a replaced connection does not flap the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from fleet import events
+from fleet.agent.protocol import Hello
+from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
+from fleet.inventory.services import set_status
+
+log = logging.getLogger(__name__)
+
+
+def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Node:
+    """Upsert the node's facts and GPUs in one transaction, then mark it online."""
+    now = now or timezone.now()
+    host = hello.host
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node_id)
+        node.hostname = host.hostname
+        node.os = host.os
+        node.arch = host.arch
+        node.cpu_count = host.cpu_count
+        node.memory_bytes = host.memory_bytes
+        node.disk_bytes = host.disk_bytes
+        node.agent_version = hello.agent_version
+        node.gpu_note = (hello.gpu_note or "")[:300]
+        if host.kind:
+            node.kind = host.kind
+        if host.labels:
+            node.labels = {**node.labels, **host.labels}
+        node.last_seen = now
+        node.save()
+        _upsert_gpus(node, hello, now)
+        if not set_status(node.pk, NodeStatus.ONLINE, last_seen=now):
+            # Already online: facts may still have changed, so refresh open pages all the same.
+            events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
+    return node
+
+
+def _upsert_gpus(node: Node, hello: Hello, now: datetime) -> None:
+    existing = {gpu.uuid: gpu for gpu in node.gpus.all()}
+    reported = {info.uuid for info in hello.gpus}
+    to_create, to_update = [], []
+    for info in hello.gpus:
+        gpu = existing.get(info.uuid) or Gpu(node=node, uuid=info.uuid)
+        gpu.index = info.index
+        gpu.name = info.name
+        gpu.memory_total_bytes = info.memory_total_bytes
+        gpu.driver_version = info.driver_version or ""
+        gpu.cuda_version = info.cuda_version or ""
+        gpu.mig_mode = info.mig_mode
+        gpu.state = GpuState.PRESENT
+        gpu.last_seen = now
+        (to_update if gpu.pk else to_create).append(gpu)
+    for uuid, gpu in existing.items():
+        if uuid not in reported and gpu.state != GpuState.LOST:
+            gpu.state = GpuState.LOST  # kept, not deleted: an operator must see that a GPU vanished
+            to_update.append(gpu)
+    fields = ["index", "name", "memory_total_bytes", "driver_version", "cuda_version", "mig_mode", "state",
+              "last_seen"]
+    if to_update:
+        Gpu.objects.bulk_update(to_update, fields)
+    if to_create:
+        Gpu.objects.bulk_create(to_create)
+
+
+def record_seen(node_id: int, now: datetime | None = None) -> None:
+    """A frame arrived: refresh last_seen, and bring the node back online if the sweeper had given up."""
+    now = now or timezone.now()
+    updated = Node.objects.filter(pk=node_id, status=NodeStatus.ONLINE).update(last_seen=now)
+    if not updated:
+        set_status(node_id, NodeStatus.ONLINE, expect=NodeStatus.OFFLINE, last_seen=now)
+
+
+def sweep_offline(now: datetime | None = None) -> list[int]:
+    """Mark nodes offline whose last frame is older than FLEET_OFFLINE_AFTER. Returns their ids."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.FLEET_OFFLINE_AFTER)
+    stale = list(
+        Node.objects.filter(status=NodeStatus.ONLINE, last_seen__lt=cutoff).values_list("pk", flat=True)
+    )
+    gone = []
+    for node_id in stale:
+        # The CAS repeats the staleness test, so a frame that just arrived wins over the sweep.
+        if set_status(node_id, NodeStatus.OFFLINE, expect=NodeStatus.ONLINE, seen_before=cutoff):
+            gone.append(node_id)
+    if gone:
+        log.info("nodes offline after %.0fs without a frame: %s", settings.FLEET_OFFLINE_AFTER, gone)
+    return gone
+
+
+_sweepers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+def sweep_interval() -> float:
+    return max(0.5, min(5.0, settings.FLEET_OFFLINE_AFTER / 5))
+
+
+def ensure_sweeper() -> None:
+    """Run the offline sweep in this server process too (one task per event loop).
+
+    The embedded demo has no separate engine process and its in-memory channel layer does not cross
+    processes, so the status change must be published from inside Daphne. In production several
+    processes may sweep; the compare-and-set makes each change happen (and publish) once.
+    """
+    if not settings.FLEET_PRESENCE_SWEEP:
+        return
+    loop = asyncio.get_running_loop()
+    task = _sweepers.get(loop)
+    if task is None or task.done():
+        _sweepers[loop] = loop.create_task(_sweep_forever())
+
+
+async def _sweep_forever() -> None:
+    sweep = database_sync_to_async(sweep_offline)
+    while True:
+        await asyncio.sleep(sweep_interval())
+        try:
+            await sweep()
+        except Exception:
+            log.exception("offline sweep failed; retrying")

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class NodeKind(models.TextChoices):
+    GPU_SERVER = "gpu_server", "GPU server"
+    EDGE_DEVICE = "edge_device", "Edge device"
+
+
+class NodeStatus(models.TextChoices):
+    NEVER_SEEN = "never_seen", "Never seen"
+    ONLINE = "online", "Online"
+    OFFLINE = "offline", "Offline"
+    REVOKED = "revoked", "Revoked"
+
+    @property
+    def colour(self) -> str:
+        return {"never_seen": "grey", "online": "green", "offline": "red", "revoked": "purple"}[self.value]
+
+
+class Node(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=NodeKind.choices, default=NodeKind.GPU_SERVER)
+    hostname = models.CharField(max_length=255, blank=True)
+    labels = models.JSONField(default=dict, blank=True)
+    os = models.CharField(max_length=200, blank=True)
+    arch = models.CharField(max_length=32, blank=True)
+    cpu_count = models.PositiveIntegerField(null=True, blank=True)
+    memory_bytes = models.BigIntegerField(null=True, blank=True)
+    disk_bytes = models.BigIntegerField(null=True, blank=True)
+    agent_version = models.CharField(max_length=40, blank=True)
+    gpu_note = models.CharField(max_length=300, blank=True, help_text="Why the agent found no GPUs, if it said.")
+    status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.NEVER_SEEN)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["status", "kind"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def status_colour(self) -> str:
+        return NodeStatus(self.status).colour
+
+
+class GpuState(models.TextChoices):
+    PRESENT = "present", "Present"
+    LOST = "lost", "Lost"
+
+    @property
+    def colour(self) -> str:
+        return {"present": "green", "lost": "red"}[self.value]
+
+
+class Gpu(models.Model):
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveIntegerField()
+    uuid = models.CharField(max_length=96)
+    name = models.CharField(max_length=128)
+    memory_total_bytes = models.BigIntegerField(null=True, blank=True)
+    driver_version = models.CharField(max_length=40, blank=True)
+    cuda_version = models.CharField(max_length=20, blank=True)
+    mig_mode = models.BooleanField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=GpuState.choices, default=GpuState.PRESENT)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["node_id", "index"]
+        constraints = [models.UniqueConstraint(fields=["node", "uuid"], name="gpu_unique_uuid_per_node")]
+
+    def __str__(self) -> str:
+        return f"{self.node.name}/gpu{self.index} {self.name}"
+
+    @property
+    def state_colour(self) -> str:
+        return GpuState(self.state).colour
+
+
+class EnrollmentToken(models.Model):
+    """A one-time (or few-times) secret an operator hands to a new node. Only its hash is stored."""
+
+    token_hash = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(max_length=8)
+    note = models.CharField(max_length=200, blank=True)
+    expires_at = models.DateTimeField()
+    uses_left = models.PositiveIntegerField(default=1)
+    uses_total = models.PositiveIntegerField(default=1)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"enrollment token {self.hint}"
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.uses_left <= 0:
+            return "used"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+
+class NodeCredential(models.Model):
+    """The secret a node's agent presents as `Authorization: Bearer`. Only its hash is stored."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="credentials")
+    secret_hash = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(max_length=8)
+    enrollment_token = models.ForeignKey(
+        EnrollmentToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="credentials"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True, help_text="When a newer secret replaced this one.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"credential {self.hint} of {self.node.name}"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,193 @@
+"""Fleet settings: every value comes from the environment; a wrong one stops start-up naming it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+
+from fleet.lib.env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("FLEET_VAR_DIR", str(BASE_DIR / "var")))
+
+
+def _secret_key() -> str:
+    key = env_str("FLEET_SECRET_KEY")
+    if key:
+        if len(key) < 32:
+            raise ConfigError("FLEET_SECRET_KEY is too short; use at least 32 random characters")
+        return key
+    # Embedded default: a key generated once and kept under var/, so sessions survive restarts.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        import secrets
+
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def _database() -> dict:
+    url = env_str("DATABASE_URL")
+    if not url:
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(VAR_DIR / "fleet.sqlite3"),
+            # A file, not memory, so Daphne and agents started by tests see the same test database.
+            "TEST": {"NAME": str(VAR_DIR / "test.sqlite3")},
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    scheme = urlparse(url).scheme
+    if scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
+        raise ConfigError(
+            f"DATABASE_URL has scheme {scheme!r}; use postgres://user@host:5432/name (or sqlite:///path)"
+        )
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj_database_url raises several types for malformed URLs
+        raise ConfigError(f"DATABASE_URL could not be parsed ({exc}); use postgres://user@host:5432/name") from None
+    return config
+
+
+def _channel_layers() -> dict:
+    url = env_str("REDIS_URL")
+    if not url:
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    parsed = urlparse(url)
+    if parsed.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"REDIS_URL has scheme {parsed.scheme!r}; use redis://host:6379/0")
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [url],
+                "prefix": env_str("FLEET_CHANNEL_PREFIX", "fleet"),
+                "capacity": 1000,
+                "expiry": 30,
+            },
+        }
+    }
+
+
+def _allowed_hosts() -> list[str]:
+    hosts = env_list("FLEET_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+    for host in hosts:
+        if "://" in host or "/" in host:
+            raise ConfigError(
+                f"FLEET_ALLOWED_HOSTS entry {host!r} must be a bare host name such as fleet.example.com"
+            )
+    return hosts
+
+
+try:
+    SECRET_KEY = _secret_key()
+    DEBUG = env_bool("FLEET_DEBUG", False)
+    ALLOWED_HOSTS = _allowed_hosts()
+    DATABASES = {"default": _database()}
+    CHANNEL_LAYERS = _channel_layers()
+    FLEET_OFFLINE_AFTER = env_float("FLEET_OFFLINE_AFTER", 15.0, minimum=1, maximum=3600)
+    FLEET_HEARTBEAT_INTERVAL = env_float(
+        "FLEET_HEARTBEAT_INTERVAL", min(5.0, FLEET_OFFLINE_AFTER / 3), minimum=0.2, maximum=600
+    )
+    FLEET_METRICS_INTERVAL = env_float("FLEET_METRICS_INTERVAL", 1.0, minimum=0.1, maximum=3600)
+    FLEET_MAX_FRAME_BYTES = env_int("FLEET_MAX_FRAME_BYTES", 1024 * 1024, minimum=1024)
+    FLEET_MAX_AGENT_CONNECTIONS = env_int("FLEET_MAX_AGENT_CONNECTIONS", 20000, minimum=1)
+    FLEET_ENROLLMENT_DEFAULT_TTL = env_float("FLEET_ENROLLMENT_TTL", 3600.0, minimum=60)
+    FLEET_PUBLIC_URL = env_str("FLEET_PUBLIC_URL").rstrip("/")
+    FLEET_PRESENCE_SWEEP = env_bool("FLEET_PRESENCE_SWEEP", True)
+    CSRF_TRUSTED_ORIGINS = env_list("FLEET_CSRF_TRUSTED_ORIGINS", [])
+except ConfigError as error:
+    sys.stderr.write(f"fleet: configuration error: {error}\n")
+    raise SystemExit(2) from None
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "fleet.accounts",
+    "fleet.inventory",
+    "fleet.agents",
+    "fleet.web",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fleet.urls"
+ASGI_APPLICATION = "fleet.asgi.application"
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG and env_bool("FLEET_HTTPS", False):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("FLEET_LOG_LEVEL", "INFO").upper()},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}

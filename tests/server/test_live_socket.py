@@ -1,0 +1,78 @@
+"""`/ws/live/`: logged-in users with a role only, same-origin only, per-topic permission checks."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from fleet.asgi import application
+from fleet.inventory.models import NodeStatus
+from fleet.inventory.services import set_status
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def live(user=None, origin=ORIGIN) -> WebsocketCommunicator:
+    headers = [origin] if origin else []
+    if user is not None:
+        headers.append((b"cookie", await database_sync_to_async(session_cookie)(user)))
+    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
+
+
+async def test_anonymous_is_refused():
+    connected, _ = await (await live()).connect()
+    assert connected is False
+
+
+async def test_foreign_origin_is_refused(charlie):
+    comm = await live(charlie, origin=(b"origin", b"https://evil.example"))
+    connected, _ = await comm.connect()
+    assert connected is False
+
+
+async def test_user_without_a_role_is_refused(outsider):
+    connected, _ = await (await live(outsider)).connect()
+    assert connected is False
+
+
+async def test_viewer_sees_a_node_go_online_and_offline(charlie, make_node):
+    node, _ = await database_sync_to_async(make_node)("gpu-42")
+    comm = await live(charlie)
+    assert (await comm.connect())[0]
+    await comm.send_json_to({"type": "subscribe", "topics": ["fleet", f"node:{node.pk}"]})
+    summary = await comm.receive_json_from(timeout=5)
+    assert summary["kind"] == "summary" and summary["summary"]["nodes"]["total"] == 1
+    assert (await comm.receive_json_from(timeout=5))["kind"] == "subscribed"
+
+    await database_sync_to_async(set_status)(node.pk, NodeStatus.ONLINE)
+    messages = [await comm.receive_json_from(timeout=5) for _ in range(2)]  # fleet + node group
+    for message in messages:
+        assert message["kind"] == "node"
+        assert (message["node"]["name"], message["node"]["status"]) == ("gpu-42", "online")
+        assert message["summary"]["nodes"]["online"] == 1
+    await database_sync_to_async(set_status)(node.pk, NodeStatus.OFFLINE)
+    assert (await comm.receive_json_from(timeout=5))["node"]["status_colour"] == "red"
+    await comm.disconnect()
+
+
+async def test_bad_subscriptions_get_errors_naming_the_topic(charlie):
+    comm = await live(charlie)
+    assert (await comm.connect())[0]
+    await comm.send_json_to({"type": "subscribe", "topics": ["node:abc"]})
+    error = await comm.receive_json_from(timeout=5)
+    assert error == {"kind": "error", "detail": "topics.0: unknown or not permitted: 'node:abc'"}
+    assert await comm.receive_json_from(timeout=5) == {"kind": "subscribed", "topics": []}
+    await comm.send_json_to({"type": "dance"})
+    assert (await comm.receive_json_from(timeout=5))["detail"].startswith("type:")
+    await comm.send_to(text_data="{oops")
+    assert (await comm.receive_json_from(timeout=5))["detail"] == "frame: not valid JSON"
+    await comm.disconnect()
