@@ -40,8 +40,8 @@ def _database() -> dict:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(VAR_DIR / "fleet.sqlite3"),
-            # A file, not memory, so Daphne and agents started by tests see the same test database.
-            "TEST": {"NAME": str(VAR_DIR / "test.sqlite3")},
+            # A file per test run (not shared memory): async consumers reach it from other threads.
+            "TEST": {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")},
             "OPTIONS": {
                 "timeout": 20,
                 "transaction_mode": "IMMEDIATE",
@@ -107,6 +107,12 @@ try:
     FLEET_PUBLIC_URL = env_str("FLEET_PUBLIC_URL").rstrip("/")
     FLEET_PRESENCE_SWEEP = env_bool("FLEET_PRESENCE_SWEEP", True)
     CSRF_TRUSTED_ORIGINS = env_list("FLEET_CSRF_TRUSTED_ORIGINS", [])
+    for _origin in CSRF_TRUSTED_ORIGINS:
+        if not _origin.startswith(("http://", "https://")):
+            raise ConfigError(f"FLEET_CSRF_TRUSTED_ORIGINS entry {_origin!r} must start with https:// or http://")
+    LOG_LEVEL = env_str("FLEET_LOG_LEVEL", "INFO").upper()
+    if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(f"FLEET_LOG_LEVEL={LOG_LEVEL!r} is not a level; use DEBUG, INFO, WARNING or ERROR")
 except ConfigError as error:
     sys.stderr.write(f"fleet: configuration error: {error}\n")
     raise SystemExit(2) from None
@@ -188,6 +194,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("FLEET_LOG_LEVEL", "INFO").upper()},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }

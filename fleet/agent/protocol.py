@@ -299,4 +299,5 @@ def parse_server_frame(data: str | bytes, max_bytes: int = 16 * MAX_FRAME_BYTES)
 
 
 def dump(frame: BaseModel) -> str:
-    return frame.model_dump_json(exclude_none=False)
+    """Serialise a frame; absent (None) fields are left out, which the receiver reads as null."""
+    return frame.model_dump_json(exclude_none=True)

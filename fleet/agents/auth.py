@@ -7,12 +7,16 @@ from channels.db import database_sync_to_async
 from fleet.inventory.services import authenticate_node
 
 
+def parse_bearer(value: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header value, or ""."""
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
+            return parse_bearer(value.decode("latin-1"))
     return ""
 
 

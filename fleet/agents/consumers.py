@@ -44,6 +44,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.node_id = credential.node_id
+        self.credential_id = credential.pk
         self.node_name = credential.node.name
         self.group = events.node_group(self.node_id)
         self.hello_done = False
@@ -145,4 +146,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_REPLACED)
 
     async def agent_revoked(self, event: dict) -> None:
-        await self.close(code=CLOSE_CREDENTIAL_REFUSED)
+        # Only the connection made with that secret: after a rotation the new one stays.
+        if event.get("credential_id") == self.credential_id:
+            await self.close(code=CLOSE_CREDENTIAL_REFUSED)

@@ -166,6 +166,8 @@ def rotate_credential(credential: NodeCredential) -> str:
             raise InventoryError("authorization", "this credential is no longer valid", 401)
         NodeCredential.objects.create(node=credential.node, secret_hash=hash_secret(secret), hint=hint(secret))
         audit.record(f"agent:{credential.node.name}", "node_credential.rotate", credential.node)
+        # A connection made with the old secret must not outlive it; the agent reconnects with the new one.
+        events.publish(events.node_group(credential.node_id), {"type": "agent.revoked", "credential_id": credential.pk})
     return secret
 
 

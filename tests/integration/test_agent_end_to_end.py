@@ -73,6 +73,15 @@ async def _scenario(stack: Stack, tmp_path, agent_server: int, browser_server: i
 
         agent.run("--simulate", "h100x8")
         await live.wait_for_node("it-node", "online", timeout=15)
+
+        # Rotating the secret while the agent runs: the server drops the old secret's connection and
+        # the running agent carries on with the new one.
+        rotated = agent.cli("rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        wait_until(lambda: "reconnecting with the new secret" in agent.log(), 10, "the agent to reconnect")
+        wait_until(lambda: agent.log().count("connected to") >= 2, 10, "the new connection")
+        assert agent.process.poll() is None
+        assert stack.node_status("it-node") == "online"
         agent.kill()
     status = agent.cli("status")
     assert "it-node" in status.stdout

@@ -149,3 +149,17 @@ async def test_error_flood_closes_the_connection(make_node):
         await comm.send_to(text_data="[]")
         assert (await comm.receive_json_from(timeout=5))["type"] == "error"
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4429}
+
+
+async def test_rotation_closes_only_the_connection_of_the_old_secret(make_node):
+    from fleet.inventory.services import rotate_credential
+
+    node, secret = await database_sync_to_async(make_node)()
+    old = await connect_and_hello(secret)
+    credential = await database_sync_to_async(NodeCredential.objects.get)(node=node)
+    new_secret = await database_sync_to_async(rotate_credential)(credential)
+    assert await old.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+    new = await connect_and_hello(new_secret)
+    await database_sync_to_async(revoke_credential)("test", credential)  # already revoked: no-op
+    assert await new.receive_nothing(timeout=0.5)
+    await new.disconnect()

@@ -40,8 +40,12 @@ class Command(BaseCommand):
             processes.append(daphne)
             demo.wait_for_http(f"{server}/accounts/login/", 30, daphne)
             demo.enroll_missing(fleet_nodes, server)
-            processes += [demo.start_agent(node) for node in fleet_nodes]
-            self.stdout.write(self.style.SUCCESS(f"Fleet is running at {server}/ with {len(fleet_nodes)} simulated nodes"))
+            for node in fleet_nodes:
+                agent = demo.start_agent(node)
+                processes.append(agent)
+                self.stdout.write(f"  agent {node.name:<10} {node.profile:<12} pid {agent.pid}")
+            ready = f"Fleet is running at {server}/ with {len(fleet_nodes)} simulated nodes"
+            self.stdout.write(self.style.SUCCESS(ready))
             self.stdout.write("agent logs: var/demo/agents/<name>/agent.log — press Ctrl-C to stop")
             while not stop.wait(1):
                 if daphne.poll() is not None:

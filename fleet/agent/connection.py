@@ -1,0 +1,396 @@
+"""The agent's one websocket to the server: hello, welcome, pings, metrics, and reconnects.
+
+Reconnecting is websockets' own ``async for ws in connect(...)`` loop: failed opens are retried with
+its exponential backoff and jitter. That loop resets its backoff as soon as a handshake succeeds, so
+a server that accepts and then drops us at once would be re-dialled in a tight loop; connections that
+die within ``STABLE_AFTER`` seconds therefore wait for the next delay of a second backoff series (same
+settings) before the library dials again, and that series restarts after a connection that lasted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import websockets.client
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from fleet.agent import AGENT_VERSION
+from fleet.agent.collectors import Collector
+from fleet.agent.hostfacts import collect_host_facts
+from fleet.agent.protocol import (
+    Activate,
+    Chat,
+    ChatCancel,
+    ChatError,
+    CommandEvent,
+    Deploy,
+    Error,
+    FrameError,
+    HealthCheck,
+    Hello,
+    HostFacts,
+    HostSample,
+    Metrics,
+    NodeKindName,
+    Ping,
+    Pong,
+    Remove,
+    Rollback,
+    Welcome,
+    dump,
+    parse_server_frame,
+)
+from fleet.agent.state import Credentials, now_iso, write_status
+
+log = logging.getLogger("fleet.agent")
+
+
+class _RedactAuthorization(logging.Filter):
+    """websockets logs every handshake header at DEBUG, the node secret included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "authorization":
+            record.args = (args[0], "<redacted>")
+        return True
+
+
+ws_log = logging.getLogger("fleet.agent.ws")
+ws_log.addFilter(_RedactAuthorization())
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_REFUSED = 3
+EXIT_REPLACED = 4
+
+CLOSE_REFUSED = 4401
+CLOSE_REPLACED = 4409
+REFUSED_STATUSES = (401, 403)
+
+REFUSED_MESSAGE = (
+    "the server refused this node's credential (revoked or unknown): re-enroll with fleet-agent enroll"
+)
+REPLACED_MESSAGE = "another agent connected with this node's credential; this one stops"
+UNSUPPORTED = "not supported by this agent version"
+
+WS_PATH = "/ws/agent/"
+MAX_SIZE = 16 * 1024 * 1024
+PING_INTERVAL = 20.0
+CLOSE_TIMEOUT = 10.0
+STABLE_AFTER = 5.0
+MIN_METRICS_INTERVAL = 0.05
+
+COMMAND_FRAMES = (Deploy, Activate, Rollback, Remove, HealthCheck)
+
+
+def ws_url(server: str) -> str:
+    """``http(s)://host[/prefix]`` → ``ws(s)://host[/prefix]/ws/agent/``."""
+    server = server.rstrip("/")
+    if server.startswith("https://"):
+        return "wss://" + server[len("https://"):] + WS_PATH
+    if server.startswith("http://"):
+        return "ws://" + server[len("http://"):] + WS_PATH
+    raise ValueError(f"server URL {server!r} must start with http:// or https://")
+
+
+def backoff_delays() -> Iterator[float]:
+    """websockets' backoff series, with its ``WEBSOCKETS_BACKOFF_*`` variables read now.
+
+    The library reads them once at import; reading them per call lets a test or a wrapper set them
+    after import and still get the library's own algorithm.
+    """
+
+    def setting(name: str, default: float) -> float:
+        return float(os.environ.get(f"WEBSOCKETS_BACKOFF_{name}", default))
+
+    return websockets.client.backoff(
+        initial_delay=setting("INITIAL_DELAY", websockets.client.BACKOFF_INITIAL_DELAY),
+        min_delay=setting("MIN_DELAY", websockets.client.BACKOFF_MIN_DELAY),
+        max_delay=setting("MAX_DELAY", websockets.client.BACKOFF_MAX_DELAY),
+        factor=setting("FACTOR", websockets.client.BACKOFF_FACTOR),
+    )
+
+
+class _Fatal(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class AgentSession:
+    """What survives reconnects: credentials, collector, status.json contents."""
+
+    def __init__(
+        self,
+        creds: Credentials,
+        collector: Collector,
+        *,
+        labels: dict[str, str] | None,
+        kind: NodeKindName | None,
+        home: str | os.PathLike[str] | None,
+        stop_event: asyncio.Event,
+        reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
+    ) -> None:
+        self.creds = creds
+        self.stop_event = stop_event
+        self.serving = False
+        self.collector = collector
+        self.labels = dict(labels or {})
+        self.kind = kind
+        self.home = home
+        self.reconnect_delays = reconnect_delays
+        self.url = ws_url(creds.server)
+        self.welcome: Welcome | None = None
+        self.status: dict[str, Any] = {
+            "connected": False,
+            "server": creds.server,
+            "node_id": creds.node_id,
+            "node_name": creds.node_name,
+            "since": now_iso(),
+            "last_error": None,
+        }
+        self._sample_failed = False
+
+    # ---- status.json ------------------------------------------------------------------------------
+
+    def set_status(self, **changes: Any) -> None:
+        if "connected" in changes and changes["connected"] != self.status["connected"]:
+            changes.setdefault("since", now_iso())
+        self.status.update(changes)
+        try:
+            write_status(self.home, **self.status)
+        except OSError as exc:
+            log.warning("cannot write status.json: %s", exc)
+
+    # ---- frames we send ---------------------------------------------------------------------------
+
+    def host_facts(self) -> HostFacts:
+        overrides = self.collector.host_overrides()
+        kind = self.kind or overrides.get("kind")
+        facts = collect_host_facts(kind=kind, labels=self.labels, home=self.home)
+        extra = {key: value for key, value in overrides.items() if key != "kind"}
+        return HostFacts(**{**facts.model_dump(), **extra}) if extra else facts
+
+    async def hello(self) -> Hello:
+        try:
+            gpus, note = await asyncio.to_thread(self.collector.inventory)
+        except Exception as exc:  # a collector bug must not keep the node offline
+            log.exception("GPU inventory failed")
+            gpus, note = [], f"GPU inventory failed ({exc}): reporting 0 GPUs"
+        return Hello(
+            type="hello",
+            agent_version=AGENT_VERSION,
+            host=self.host_facts(),
+            gpus=gpus,
+            gpu_note=note[:512] if note else None,
+        )
+
+    def host_sample(self) -> HostSample | None:
+        try:
+            memory = psutil.virtual_memory()
+            disk = psutil.disk_usage(os.fspath(self.home) if self.home else "/")
+            return HostSample(
+                cpu_percent=min(100.0, psutil.cpu_percent(interval=None)),
+                memory_used_bytes=int(memory.total - memory.available),
+                memory_total_bytes=int(memory.total),
+                disk_used_bytes=int(disk.used),
+                disk_total_bytes=int(disk.total),
+            )
+        except Exception as exc:
+            log.debug("host sample failed: %s", exc)
+            return None
+
+    async def metrics(self) -> Metrics:
+        try:
+            gpus = await asyncio.to_thread(self.collector.sample)
+        except Exception:
+            if not self._sample_failed:
+                self._sample_failed = True
+                log.exception("GPU sampling failed; sending metrics without GPUs (logged once)")
+            gpus = []
+        return Metrics(type="metrics", ts=time.time(), gpus=gpus, host=self.host_sample())
+
+    async def send_metrics(self, ws: ClientConnection, interval: float) -> None:
+        interval = max(interval, MIN_METRICS_INTERVAL)
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        try:
+            while True:
+                # Fixed cadence, but never a burst to catch up after a slow sample.
+                next_at = max(next_at + interval, loop.time())
+                await asyncio.sleep(next_at - loop.time())
+                await ws.send(dump(await self.metrics()))
+        except ConnectionClosed:
+            pass
+
+    # ---- frames we receive ------------------------------------------------------------------------
+
+    async def handle(self, ws: ClientConnection, frame: Any, tasks: dict[str, asyncio.Task]) -> None:
+        if isinstance(frame, Welcome):
+            self.welcome = frame
+            log.info("welcomed as node %s (id %d); metrics every %gs", frame.node_name, frame.node_id,
+                     frame.metrics_interval)
+            self.set_status(connected=True, node_id=frame.node_id, node_name=frame.node_name)
+            if "metrics" in tasks:
+                tasks.pop("metrics").cancel()
+            tasks["metrics"] = asyncio.create_task(self.send_metrics(ws, frame.metrics_interval))
+        elif isinstance(frame, Ping):
+            await ws.send(dump(Pong(type="pong", nonce=frame.nonce)))
+        elif isinstance(frame, Error):
+            log.warning("server reported an error: %s: %s", frame.code, frame.detail)
+            self.set_status(last_error=f"server: {frame.code}: {frame.detail}")
+        elif isinstance(frame, COMMAND_FRAMES):
+            log.warning("%s command %s is not supported by this agent version", frame.type, frame.command_id)
+            event = CommandEvent(type="event", command_id=frame.command_id, state="failed", error=UNSUPPORTED)
+            await ws.send(dump(event))
+        elif isinstance(frame, Chat):
+            await ws.send(dump(ChatError(type="chat.error", request_id=frame.request_id, error=UNSUPPORTED)))
+        elif isinstance(frame, ChatCancel):
+            log.debug("chat.cancel for %s: nothing is running", frame.request_id)
+
+    async def close_on_stop(self, ws: ClientConnection) -> None:
+        await self.stop_event.wait()
+        await ws.close(1000, "agent stopping")
+
+    async def serve(self, ws: ClientConnection) -> int | None:
+        """Run one connection until it closes; the close code the server sent (None if it sent none).
+
+        A stop closes the connection from here with 1000: unwinding the library's loop instead would
+        close it with 1011 (internal error).
+        """
+        tasks: dict[str, asyncio.Task] = {"stop": asyncio.create_task(self.close_on_stop(ws))}
+        self.serving = True
+        try:
+            await ws.send(dump(await self.hello()))
+            while True:
+                message = await ws.recv()
+                try:
+                    frame = parse_server_frame(message)
+                except FrameError as exc:
+                    log.warning("ignoring an invalid frame from the server: %s", exc)
+                    continue
+                await self.handle(ws, frame, tasks)
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd is not None else None
+        finally:
+            self.serving = False
+            for task in tasks.values():
+                task.cancel()
+            for task in tasks.values():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ---- the reconnect loop -----------------------------------------------------------------------
+
+    def process_exception(self, exc: Exception) -> Exception | None:
+        """websockets' hook for a failed open: None retries (with its backoff), an exception is fatal."""
+        if isinstance(exc, InvalidStatus) and exc.response.status_code in REFUSED_STATUSES:
+            return exc
+        if isinstance(exc, (OSError, TimeoutError, InvalidHandshake)):
+            reason = str(exc) or type(exc).__name__  # a TimeoutError's str() is empty
+            log.warning("cannot connect to %s: %s", self.url, reason)
+            self.set_status(connected=False, last_error=f"cannot connect: {reason}")
+            return None
+        return exc
+
+    async def connect_loop(self) -> int:
+        loop = asyncio.get_running_loop()
+        short_lived: Iterator[float] | None = None
+        connector = connect(
+            self.url,
+            additional_headers={"Authorization": f"Bearer {self.creds.secret}"},
+            user_agent_header=f"fleet-agent/{AGENT_VERSION}",
+            max_size=MAX_SIZE,
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_INTERVAL,
+            close_timeout=CLOSE_TIMEOUT,
+            process_exception=self.process_exception,
+            reconnect_delays=self.reconnect_delays,
+            logger=ws_log,
+        )
+        try:
+            async with contextlib.aclosing(connector.__aiter__()) as connections:
+                async for ws in connections:
+                    log.info("connected to %s", self.url)
+                    opened = loop.time()
+                    code = await self.serve(ws)
+                    self.welcome = None
+                    if self.stop_event.is_set():
+                        return EXIT_OK
+                    if code == CLOSE_REFUSED:
+                        raise _Fatal(EXIT_REFUSED, REFUSED_MESSAGE)
+                    if code == CLOSE_REPLACED:
+                        raise _Fatal(EXIT_REPLACED, REPLACED_MESSAGE)
+                    lived = loop.time() - opened
+                    self.set_status(connected=False, last_error=f"connection closed (code {code})")
+                    if lived >= STABLE_AFTER:
+                        short_lived = None
+                        log.warning("connection closed (code %s); reconnecting", code)
+                        continue
+                    short_lived = short_lived or self.reconnect_delays()
+                    delay = next(short_lived)
+                    log.warning("connection closed after %.1fs (code %s); reconnecting in %.1fs",
+                                lived, code, delay)
+                    await asyncio.sleep(delay)
+        except InvalidStatus as exc:
+            if exc.response.status_code in REFUSED_STATUSES:
+                return self.fail(EXIT_REFUSED, REFUSED_MESSAGE)
+            return self.fail(EXIT_ERROR, f"cannot connect: {exc}")
+        except _Fatal as fatal:
+            return self.fail(fatal.code, str(fatal))
+        except Exception as exc:  # fatal per process_exception (bad URI, proxy, ...)
+            return self.fail(EXIT_ERROR, f"cannot connect to {self.url}: {exc}")
+        return EXIT_ERROR  # the library's loop never ends on its own
+
+    def fail(self, code: int, message: str) -> int:
+        log.error("%s", message)
+        self.set_status(connected=False, last_error=message)
+        return code
+
+
+async def run_agent(
+    creds: Credentials,
+    collector: Collector,
+    *,
+    labels: dict[str, str] | None = None,
+    kind: NodeKindName | None = None,
+    home: str | os.PathLike[str] | None = None,
+    stop_event: asyncio.Event | None = None,
+    reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
+) -> int:
+    """Stay connected to the server until ``stop_event`` is set or the server says stop.
+
+    Returns 0 after a stop, 3 when the credential is refused (4401 or HTTP 401/403), 4 when another
+    agent took over this node (4409), 1 for a fatal connection error.
+    """
+    stop_event = stop_event or asyncio.Event()
+    session = AgentSession(creds, collector, labels=labels, kind=kind, home=home, stop_event=stop_event,
+                           reconnect_delays=reconnect_delays)
+    session.set_status(connected=False)
+    runner = asyncio.create_task(session.connect_loop())
+    stopper = asyncio.create_task(stop_event.wait())
+    try:
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not runner.done() and session.serving:
+            # An open connection closes itself on stop (see serve); give that its close timeout.
+            await asyncio.wait({runner}, timeout=CLOSE_TIMEOUT + 1)
+    finally:
+        stopper.cancel()
+        if not runner.done():
+            # Between connections (dialling, backing off): nothing to close cleanly.
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+    code = EXIT_OK if runner.cancelled() else runner.result()
+    if code == EXIT_OK:
+        log.info("stopped")
+        session.set_status(connected=False)
+    return code
