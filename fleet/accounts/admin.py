@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 
-from fleet.accounts.models import AuditEvent, User
+from fleet.accounts.models import ApiKey, AuditEvent, User
 
 
 @admin.register(User)
@@ -23,3 +23,10 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("hint", "name", "user", "scopes", "created_at", "last_used_at", "revoked_at")
+    list_select_related = ("user",)
+    readonly_fields = ("key_hash", "hint", "created_at", "last_used_at")

@@ -52,3 +52,28 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.target_repr}"
+
+
+class ApiScope(models.TextChoices):
+    METRICS = "metrics", "Prometheus /metrics"
+    HUB = "hub", "Hugging Face mirror /hf/"
+    INFERENCE = "inference", "OpenAI-compatible /v1"
+
+
+class ApiKey(models.Model):
+    """A bearer key for machines (scrapers, HF clients, apps). Only its hash is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(max_length=8)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"API key {self.hint} of {self.user}"
