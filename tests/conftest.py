@@ -38,6 +38,17 @@ def services() -> dict[str, str]:
     return {"postgres": POSTGRES_URL, "redis": REDIS_URL}
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    # PBKDF2 at full strength costs ~0.3 s per user; these tests check roles, not hash strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def user_password() -> str:
+    return PASSWORD
+
+
 def _user(django_user_model, username: str, role: str):
     return django_user_model.objects.create_user(
         username=username, password=PASSWORD, role=role, is_staff=role == "admin", is_superuser=role == "admin"

@@ -46,9 +46,9 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         node.last_seen = now
         node.save()
         _upsert_gpus(node, hello, now)
-        if not set_status(node.pk, NodeStatus.ONLINE, last_seen=now):
-            # Already online: facts may still have changed, so refresh open pages all the same.
-            events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
+        set_status(node.pk, NodeStatus.ONLINE, last_seen=now)
+        # Facts and GPUs may have changed even when the status did not: open node pages redraw.
+        events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
     return node
 
 

@@ -41,8 +41,12 @@ def with_gpu_counts(queryset):
 def node_payload(node: Node) -> dict[str, Any]:
     """What a browser needs to redraw one node's row and badge."""
     gpu_count = getattr(node, "gpu_count", None)
+    gpu_memory = getattr(node, "gpu_memory", None)
     if gpu_count is None:
-        gpu_count = node.gpus.filter(state=GpuState.PRESENT).count()
+        present = node.gpus.filter(state=GpuState.PRESENT).aggregate(
+            count=Count("id"), memory=Sum("memory_total_bytes")
+        )
+        gpu_count, gpu_memory = present["count"], present["memory"]
     return {
         "id": node.pk,
         "name": node.name,
@@ -54,5 +58,6 @@ def node_payload(node: Node) -> dict[str, Any]:
         "status_colour": node.status_colour,
         "last_seen": node.last_seen.isoformat() if node.last_seen else None,
         "gpu_count": gpu_count,
+        "gpu_memory_bytes": gpu_memory or 0,
         "agent_version": node.agent_version,
     }

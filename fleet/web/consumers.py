@@ -42,7 +42,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         for index, topic in enumerate(topics):
             group = events.live_group_for_topic(self.user, topic)
             if group is None:
-                await self.send_json({"kind": "error", "detail": f"topics.{index}: unknown or not permitted: {topic!r}"})
+                detail = f"topics.{index}: unknown or not permitted: {topic!r}"
+                await self.send_json({"kind": "error", "detail": detail})
                 continue
             if content["type"] == "subscribe":
                 if group not in self.groups_joined and len(self.groups_joined) >= MAX_TOPICS:

@@ -1,0 +1,1 @@
+"""HTML views of the Fleet dashboard, one module per page group."""

@@ -1,0 +1,65 @@
+"""Node pages: the filtered list, one node's facts and GPUs, and a JSON read of node states."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+
+from fleet.accounts.permissions import viewer_required
+from fleet.inventory.models import Node, NodeCredential
+from fleet.inventory.queries import node_payload, with_gpu_counts
+from fleet.web.forms import NodeFilterForm
+from fleet.web.views.common import paginate
+
+NODES_PER_PAGE = 50
+MAX_STATE_IDS = 200
+
+
+@viewer_required
+def node_list(request: HttpRequest) -> HttpResponse:
+    form = NodeFilterForm(request.GET)
+    nodes = with_gpu_counts(Node.objects.all()).order_by("name")
+    filter_ok = form.is_valid()
+    if filter_ok:
+        nodes = form.apply(nodes)
+    else:
+        # A wrong filter shows no rows rather than an unfiltered list the user would misread.
+        for field, errors in form.errors.items():
+            for error in errors:
+                messages.error(request, error if field == "label" else f"{field}: {error}")
+        nodes = nodes.none()
+    page = paginate(request, nodes, NODES_PER_PAGE)
+    return render(
+        request,
+        "web/node_list.html",
+        {"form": form, "page": page, "filter_ok": filter_ok, "live_topics": "fleet"},
+    )
+
+
+@viewer_required
+def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    node = get_object_or_404(with_gpu_counts(Node.objects.all()), pk=pk)
+    gpus = list(node.gpus.order_by("index", "state", "id"))
+    credentials: list[NodeCredential] = []
+    if request.user.has_role("operator"):
+        credentials = list(node.credentials.all())
+    return render(
+        request,
+        "web/node_detail.html",
+        {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}"},
+    )
+
+
+@viewer_required
+def node_states(request: HttpRequest) -> JsonResponse:
+    """`?ids=1,2,3` → the live payload of those nodes; live.js uses it to catch up after (re)connecting."""
+    raw = request.GET.get("ids", "")
+    try:
+        ids = sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        return JsonResponse({"error": "ids: give node ids as comma-separated integers"}, status=400)
+    if len(ids) > MAX_STATE_IDS:
+        return JsonResponse({"error": f"ids: at most {MAX_STATE_IDS} ids"}, status=400)
+    nodes = with_gpu_counts(Node.objects.filter(pk__in=ids)) if ids else []
+    return JsonResponse({"nodes": [node_payload(node) for node in nodes]})

@@ -1,0 +1,299 @@
+/* Fleet live updates: one websocket to /ws/live/, no libraries.
+ *
+ * Subscribes to the topics in <body data-live-topics="fleet"> (or "node:7") and applies:
+ *   {"kind": "node", "node": {...}, "summary": {...}}  → row/badge of that node + summary numbers
+ *   {"kind": "summary", "summary": {...}}              → summary numbers ([data-summary="a.b"])
+ *   {"kind": "facts"}                                  → reload the node page (its facts changed);
+ *                                                        so does its node coming online (a new hello)
+ *   {"kind": "subscribed"}                             → catch up on node states missed while away
+ * and reconnects with exponential backoff, showing "live" / "reconnecting" in the nav.
+ */
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var topics = (body.getAttribute("data-live-topics") || "").split(/[\s,]+/).filter(Boolean);
+  if (!topics.length || !("WebSocket" in window)) return;
+
+  var STATUS_CLASSES = ["badge-green", "badge-red", "badge-grey", "badge-purple"];
+  var MAX_BACKOFF_MS = 30000;
+  var RECENT_LIMIT = 8;
+  var indicator = document.getElementById("live-indicator");
+  var statesUrl = body.getAttribute("data-states-url");
+  var socket = null;
+  var attempts = 0;
+  var retryTimer = null;
+  var reloadTimer = null;
+
+  // ---- formatting (mirrors fleet/web/templatetags/fleet_tags.py) -------------------------------
+  var UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+
+  function formatBytes(value) {
+    if (value === null || value === undefined || value === "" || isNaN(Number(value))) return "—";
+    var size = Number(value);
+    if (size < 1024) return Math.floor(size) + " B";
+    var unit = 0;
+    while (size >= 1024 && unit < UNITS.length - 1) { size /= 1024; unit += 1; }
+    return size.toFixed(1) + " " + UNITS[unit];
+  }
+
+  function formatRelative(date) {
+    if (!date || isNaN(date.getTime())) return "never";
+    var delta = (Date.now() - date.getTime()) / 1000;
+    var future = delta < 0;
+    var seconds = Math.abs(delta);
+    var text;
+    if (seconds < 5) return "just now";
+    if (seconds < 60) text = Math.floor(seconds) + " s";
+    else if (seconds < 3600) text = Math.floor(seconds / 60) + " min";
+    else if (seconds < 86400) text = Math.floor(seconds / 3600) + " h";
+    else text = Math.floor(seconds / 86400) + " d";
+    return future ? "in " + text : text + " ago";
+  }
+
+  function refreshRelativeTimes() {
+    var times = document.querySelectorAll("time[data-relative]");
+    for (var i = 0; i < times.length; i++) {
+      times[i].textContent = formatRelative(new Date(times[i].getAttribute("datetime")));
+    }
+  }
+
+  function timeElement(iso) {
+    if (!iso) {
+      var never = document.createElement("span");
+      never.className = "muted";
+      never.textContent = "never";
+      return never;
+    }
+    var time = document.createElement("time");
+    time.setAttribute("datetime", iso);
+    time.setAttribute("data-relative", "");
+    time.title = iso;
+    time.textContent = formatRelative(new Date(iso));
+    return time;
+  }
+
+  function flash(el) {
+    el.classList.remove("flash");
+    void el.offsetWidth; // restart the animation
+    el.classList.add("flash");
+  }
+
+  function setText(el, text) {
+    text = String(text);
+    if (el.textContent !== text) {
+      el.textContent = text;
+      flash(el);
+    }
+  }
+
+  // ---- applying messages -----------------------------------------------------------------------
+  function lookup(object, path) {
+    var parts = path.split(".");
+    for (var i = 0; i < parts.length; i++) {
+      if (object === null || typeof object !== "object" || !(parts[i] in object)) return undefined;
+      object = object[parts[i]];
+    }
+    return object;
+  }
+
+  function applySummary(summary) {
+    if (!summary || typeof summary !== "object") return;
+    var elements = document.querySelectorAll("[data-summary]");
+    for (var i = 0; i < elements.length; i++) {
+      var key = elements[i].getAttribute("data-summary");
+      var value = lookup(summary, key);
+      if (value === undefined) continue;
+      setText(elements[i], /memory_bytes$/.test(key) ? formatBytes(value) : value);
+    }
+  }
+
+  function updateBadge(badge, node) {
+    STATUS_CLASSES.forEach(function (name) { badge.classList.remove(name); });
+    badge.classList.add("badge-" + node.status_colour);
+    setText(badge, node.status_label);
+  }
+
+  function updateNodeElement(root, node) {
+    var each = function (selector, fn) {
+      var found = root.querySelectorAll(selector);
+      for (var i = 0; i < found.length; i++) fn(found[i]);
+    };
+    each("[data-node-status]", function (badge) { updateBadge(badge, node); });
+    each("[data-node-status-label]", function (el) { setText(el, node.status_label); });
+    each("[data-node-last-seen]", function (cell) {
+      cell.replaceChildren(timeElement(node.last_seen));
+    });
+    if (node.gpu_count !== undefined && node.gpu_count !== null) {
+      each("[data-node-gpu-count]", function (cell) { setText(cell, node.gpu_count); });
+    }
+    if (node.gpu_memory_bytes !== undefined) { // sent once node_payload carries it
+      each("[data-node-gpu-memory]", function (cell) { setText(cell, formatBytes(node.gpu_memory_bytes)); });
+    }
+    if (node.agent_version !== undefined) {
+      each("[data-node-agent-version]", function (cell) { setText(cell, node.agent_version || "—"); });
+    }
+  }
+
+  function applyNode(node, changed) {
+    if (!node || node.id === undefined) return;
+    var roots = document.querySelectorAll('[data-node-id="' + Number(node.id) + '"]');
+    for (var i = 0; i < roots.length; i++) {
+      var root = roots[i];
+      // A node page whose node comes online again has just sent its hello: new facts and GPUs.
+      if (root.hasAttribute("data-node-page")) {
+        var was = root.getAttribute("data-node-status-value");
+        root.setAttribute("data-node-status-value", node.status);
+        if (node.status === "online" && was && was !== "online") scheduleReload();
+      }
+      updateNodeElement(root, node);
+    }
+    if (changed) bumpRecent(node);
+  }
+
+  function scheduleReload() {
+    clearTimeout(reloadTimer);
+    reloadTimer = setTimeout(function () { window.location.reload(); }, 300);
+  }
+
+  // The overview lists recently changed nodes: a pushed node message is such a change.
+  function bumpRecent(node) {
+    var table = document.querySelector("table[data-recent-nodes]");
+    if (!table) return;
+    var tbody = table.tBodies[0];
+    var row = tbody.querySelector('tr[data-node-id="' + Number(node.id) + '"]');
+    if (!row) {
+      row = document.createElement("tr");
+      row.setAttribute("data-node-id", String(Number(node.id)));
+      var link = document.createElement("a");
+      link.href = (table.getAttribute("data-node-url") || "/nodes/0/").replace(/\/0\/$/, "/" + Number(node.id) + "/");
+      link.textContent = node.name || "node " + node.id;
+      var badge = document.createElement("span");
+      badge.className = "badge";
+      badge.setAttribute("data-node-status", "");
+      var cells = [link, badge, document.createTextNode(node.kind_label || ""), null, null, null];
+      var attrs = [null, null, null, "data-node-gpu-count", "data-node-changed", "data-node-last-seen"];
+      cells.forEach(function (content, index) {
+        var td = document.createElement("td");
+        if (content) td.appendChild(content);
+        if (attrs[index]) td.setAttribute(attrs[index], "");
+        if (index === 3) td.className = "num";
+        row.appendChild(td);
+      });
+      updateNodeElement(row, node);
+    }
+    var changedCell = row.querySelector("[data-node-changed]");
+    if (changedCell) changedCell.replaceChildren(timeElement(new Date().toISOString()));
+    tbody.insertBefore(row, tbody.firstChild);
+    while (tbody.rows.length > RECENT_LIMIT) tbody.deleteRow(tbody.rows.length - 1);
+    flash(row);
+  }
+
+  // After (re)subscribing, fetch the current state of the nodes on this page: covers changes made
+  // between rendering and subscribing, and any pushed while the socket was down.
+  function catchUp() {
+    if (!statesUrl || !window.fetch) return;
+    var seen = {};
+    var ids = [];
+    var roots = document.querySelectorAll("[data-node-id]");
+    for (var i = 0; i < roots.length && ids.length < 200; i++) {
+      var id = roots[i].getAttribute("data-node-id");
+      if (/^\d+$/.test(id) && !seen[id]) { seen[id] = true; ids.push(id); }
+    }
+    if (!ids.length) return;
+    fetch(statesUrl + "?ids=" + ids.join(","), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        var type = response.headers.get("Content-Type") || "";
+        return response.ok && type.indexOf("application/json") === 0 ? response.json() : null;
+      })
+      .then(function (data) {
+        if (data && Array.isArray(data.nodes)) data.nodes.forEach(function (node) { applyNode(node, false); });
+      })
+      .catch(function () { /* the next push or reconnect repairs it */ });
+  }
+
+  function handle(message) {
+    if (!message || typeof message !== "object") return;
+    switch (message.kind) {
+      case "node":
+        applyNode(message.node, true);
+        applySummary(message.summary);
+        break;
+      case "summary":
+        applySummary(message.summary);
+        break;
+      case "facts":
+        if (document.querySelector("[data-node-page]")) scheduleReload();
+        break;
+      case "subscribed":
+        attempts = 0;
+        setState("live");
+        catchUp();
+        break;
+      case "error":
+        if (window.console) console.warn("fleet live:", message.detail);
+        break;
+      default:
+        break;
+    }
+  }
+
+  // ---- connection ------------------------------------------------------------------------------
+  function setState(state) {
+    if (!indicator) return;
+    indicator.setAttribute("data-state", state);
+    indicator.textContent = state;
+    indicator.title = state === "live" ? "Live updates on" : "Live updates paused; reconnecting…";
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    try {
+      socket = new WebSocket(scheme + window.location.host + "/ws/live/");
+    } catch (error) {
+      scheduleReconnect();
+      return;
+    }
+    socket.onopen = function () {
+      socket.send(JSON.stringify({ type: "subscribe", topics: topics }));
+    };
+    socket.onmessage = function (event) {
+      var message;
+      try { message = JSON.parse(event.data); } catch (error) { return; }
+      handle(message);
+    };
+    socket.onclose = function () {
+      socket = null;
+      scheduleReconnect();
+    };
+    socket.onerror = function () { /* onclose follows and schedules the retry */ };
+  }
+
+  function scheduleReconnect() {
+    if (retryTimer) return;
+    setState("reconnecting");
+    var delay = Math.min(MAX_BACKOFF_MS, 1000 * Math.pow(2, attempts));
+    delay = delay * (0.5 + Math.random() * 0.5); // jitter: browsers do not reconnect in lockstep
+    attempts += 1;
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  window.addEventListener("online", function () {
+    if (!socket) { attempts = 0; connect(); }
+  });
+  window.addEventListener("pagehide", function () {
+    if (socket) { socket.onclose = null; socket.close(); socket = null; }
+  });
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted && !socket) connect(); // restored from the back/forward cache
+  });
+
+  setInterval(refreshRelativeTimes, 15000);
+  setState("connecting");
+  connect();
+
+  // Exposed for tests and the console.
+  window.fleetLive = { formatBytes: formatBytes, formatRelative: formatRelative, handle: handle };
+})();
