@@ -1,0 +1,106 @@
+"""`manage.py demo` as a person uses it: 8 simulated nodes with 29 GPUs show online in the browser within
+15 s; killing one agent turns it offline on the open page (no reload) within FLEET_OFFLINE_AFTER + 5 s;
+restarting it brings it back; Ctrl-C stops every process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.harness import ROOT, free_port, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+OFFLINE_AFTER = 5
+PASSWORD = "demo-password-for-tests"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian chromium at {CHROMIUM}"),
+]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def demo(tmp_path):
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))},
+        "FLEET_VAR_DIR": str(tmp_path / "var"),
+        "FLEET_ADMIN_PASSWORD": PASSWORD,
+        "FLEET_OFFLINE_AFTER": str(OFFLINE_AFTER),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "manage.py", "demo", "--port", str(port)], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = wait_until(lambda: "Fleet is running" in log_path.read_text() or process.poll() is not None,
+                             90, "the demo to start")
+        assert started and process.poll() is None, log_path.read_text()
+        yield {"url": f"http://127.0.0.1:{port}", "process": process, "log": log_path, "env": env,
+               "started": time.monotonic()}
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_demo_fleet_live_in_the_browser(demo):
+    playwright = pytest.importorskip("playwright.sync_api")
+    output = demo["log"].read_text()
+    pids = {name: int(pid) for name, pid in re.findall(r"agent (\S+)\s+\S+\s+pid (\d+)", output)}
+    assert len(pids) == 8 and sum(name.startswith("edge-") for name in pids) == 5, output
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            page.goto(demo["url"] + "/")
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#live-indicator[data-state=live]", timeout=15000)
+            online = "document.querySelector('[data-summary=\"nodes.online\"]').textContent.trim()"
+            gpus = "document.querySelector('[data-summary=\"gpus.total\"]').textContent.trim()"
+            left = 15 - (time.monotonic() - demo["started"])
+            page.wait_for_function(f"{online} === '8' && {gpus} === '29'", timeout=max(left, 1) * 1000)
+            page.evaluate("window.__noReload = true")
+
+            killed_at = time.monotonic()
+            os.kill(pids["edge-03"], signal.SIGKILL)
+            page.wait_for_function(f"{online} === '7'", timeout=(OFFLINE_AFTER + 5) * 1000)
+            assert time.monotonic() - killed_at <= OFFLINE_AFTER + 5
+            assert page.evaluate("window.__noReload") is True
+
+            home = demo["env"]["FLEET_VAR_DIR"] + "/demo/agents/edge-03"
+            restarted = subprocess.Popen([sys.executable, "-m", "fleet.agent", "run", "--simulate", "jetson-orin"],
+                                         cwd=ROOT, env={**demo["env"], "FLEET_AGENT_HOME": home},
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                page.wait_for_function(f"{online} === '8'", timeout=15000)
+                assert page.evaluate("window.__noReload") is True
+            finally:
+                restarted.terminate()
+                restarted.wait(10)
+        finally:
+            browser.close()
+
+    demo["process"].send_signal(signal.SIGINT)  # what Ctrl-C does
+    assert demo["process"].wait(timeout=20) == 0
+    assert "stopped" in demo["log"].read_text()
+    assert not [name for name, pid in pids.items() if _alive(pid)]
