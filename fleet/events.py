@@ -29,6 +29,11 @@ def node_live_group(node_id: int) -> str:
     return f"live.node.{node_id}"
 
 
+def user_group(user_id: int) -> str:
+    """Control messages for one user's open browser sockets (closed when their access changes)."""
+    return f"user.{user_id}"
+
+
 def publish(group: str, message: dict[str, Any]) -> None:
     """Send ``message`` to ``group`` after the current transaction commits (at once outside one)."""
 

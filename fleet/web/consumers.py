@@ -8,8 +8,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from fleet import events
 from fleet.agents import presence
 from fleet.inventory.queries import fleet_summary
+from fleet.telemetry.browser import TelemetryStream
 
 MAX_TOPICS = 32
+CLOSE_ACCESS_CHANGED = 4403
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
@@ -24,12 +26,19 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         self.groups_joined: set[str] = set()
+        self.telemetry = TelemetryStream(self.send)  # topics telemetry:fleet, telemetry:node:<id>
         await self.accept()
+        await self.channel_layer.group_add(events.user_group(user.pk), self.channel_name)
+        self.control_group = events.user_group(user.pk)
         presence.ensure_sweeper()
 
     async def disconnect(self, code: int) -> None:
+        if hasattr(self, "telemetry"):
+            self.telemetry.stop()
         for group in getattr(self, "groups_joined", ()):
             await self.channel_layer.group_discard(group, self.channel_name)
+        if hasattr(self, "control_group"):
+            await self.channel_layer.group_discard(self.control_group, self.channel_name)
 
     async def receive_json(self, content, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") not in {"subscribe", "unsubscribe"}:
@@ -40,6 +49,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"kind": "error", "detail": f"topics: must be a list of 1 to {MAX_TOPICS} topics"})
             return
         for index, topic in enumerate(topics):
+            if TelemetryStream.is_topic(topic):
+                error = self.telemetry.change(self.user, content["type"], topic)
+                if error:
+                    await self.send_json({"kind": "error", "detail": f"topics.{index}: {error}"})
+                continue
             group = events.live_group_for_topic(self.user, topic)
             if group is None:
                 detail = f"topics.{index}: unknown or not permitted: {topic!r}"
@@ -57,7 +71,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             else:
                 await self.channel_layer.group_discard(group, self.channel_name)
                 self.groups_joined.discard(group)
-        await self.send_json({"kind": "subscribed", "topics": sorted(self.groups_joined)})
+        await self.send_json({"kind": "subscribed", "topics": sorted(self.groups_joined | self.telemetry.topics)})
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         if text_data is None or len(text_data) > 16384:
@@ -67,6 +81,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await super().receive(text_data=text_data, bytes_data=bytes_data, **kwargs)
         except ValueError:
             await self.send_json({"kind": "error", "detail": "frame: not valid JSON"})
+
+    async def user_changed(self, event: dict) -> None:
+        await self.close(code=CLOSE_ACCESS_CHANGED)
 
     async def live_message(self, event: dict) -> None:
         await self.send_json(event["payload"])

@@ -76,3 +76,17 @@ async def test_bad_subscriptions_get_errors_naming_the_topic(charlie):
     await comm.send_to(text_data="{oops")
     assert (await comm.receive_json_from(timeout=5))["detail"] == "frame: not valid JSON"
     await comm.disconnect()
+
+
+async def test_changing_a_users_access_closes_their_open_socket(alice, charlie):
+    comm = await live(charlie)
+    assert (await comm.connect())[0]
+    client = Client()
+    await database_sync_to_async(client.force_login)(alice)
+    response = await database_sync_to_async(client.post)(
+        f"/users/{charlie.pk}/", {"role": "viewer", "is_active": ""}
+    )
+    assert response.status_code == 302
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+    connected, _ = await (await live(charlie)).connect()
+    assert connected is False  # deactivated: the reconnect is refused

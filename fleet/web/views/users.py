@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from fleet import events
 from fleet.accounts import audit
 from fleet.accounts.models import Role
 from fleet.accounts.permissions import admin_required
@@ -78,6 +79,8 @@ def user_update(request: HttpRequest, pk: int) -> HttpResponse:
         target.is_active = active
         target.save(update_fields=["role", "is_staff", "is_superuser", "is_active"])
         audit.record(request.user, "user.update", target, **changes)
+        # Open live sockets were authorised under the old role: close them; the page reconnects if allowed.
+        events.publish(events.user_group(target.pk), {"type": "user.changed"})
     summary = ", ".join(f"{key} {old or 'none'} → {new or 'none'}" for key, (old, new) in changes.items())
     messages.success(request, f"User {target.username} updated: {summary}.")
     return redirect("users")
