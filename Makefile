@@ -29,3 +29,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+bench-telemetry: $(STAMP)
+	$(BIN)/python bench/telemetry.py --search

@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from fleet.agents import presence
+from fleet.hub import sync as hub_sync
+from fleet.telemetry import records as telemetry_records
 
 log = logging.getLogger("fleet.engine")
 
@@ -27,7 +29,11 @@ _LOCK_KEY = zlib.crc32(b"fleet.engine")  # advisory lock id shared by every engi
 
 
 def tasks() -> list[Task]:
-    return [("offline-sweep", presence.sweep_interval(), presence.sweep_offline)]
+    return [
+        ("offline-sweep", presence.sweep_interval(), presence.sweep_offline),
+        ("telemetry-retention", 3600.0, telemetry_records.prune),
+        ("hub-sync", 2.0, hub_sync.tick),
+    ]
 
 
 @contextlib.contextmanager

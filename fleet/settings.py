@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 
 import dj_database_url
 
-from fleet.lib.env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+from fleet.lib.cidrs import env_cidrs
+from fleet.lib.env import ConfigError, env_bool, env_float, env_int, env_list, env_str, parse_duration
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("FLEET_VAR_DIR", str(BASE_DIR / "var")))
@@ -106,10 +107,24 @@ try:
     FLEET_ENROLLMENT_DEFAULT_TTL = env_float("FLEET_ENROLLMENT_TTL", 3600.0, minimum=60)
     FLEET_PUBLIC_URL = env_str("FLEET_PUBLIC_URL").rstrip("/")
     FLEET_PRESENCE_SWEEP = env_bool("FLEET_PRESENCE_SWEEP", True)
+    # Telemetry (fleet/telemetry): retention of 1-minute rollups, /metrics scrapers, alert threshold,
+    # and the per-agent caps that keep one agent from growing Daphne's unbounded read queue.
+    try:
+        FLEET_METRICS_RETENTION = parse_duration(env_str("FLEET_METRICS_RETENTION", "30d"))
+    except ValueError as _exc:
+        raise ConfigError(f"FLEET_METRICS_RETENTION: {_exc}") from None
+    FLEET_METRICS_ALLOW = env_cidrs("FLEET_METRICS_ALLOW")
+    FLEET_GPU_TEMP_ALERT_C = env_float("FLEET_GPU_TEMP_ALERT_C", 85.0, minimum=30, maximum=150)
+    FLEET_AGENT_MAX_FRAMES_PER_SECOND = env_float("FLEET_AGENT_MAX_FRAMES_PER_SECOND", 200.0, minimum=1)
+    FLEET_MAX_METRICS_FRAME_BYTES = env_int("FLEET_MAX_METRICS_FRAME_BYTES", 256 * 1024, minimum=1024)
+    FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
     CSRF_TRUSTED_ORIGINS = env_list("FLEET_CSRF_TRUSTED_ORIGINS", [])
     for _origin in CSRF_TRUSTED_ORIGINS:
         if not _origin.startswith(("http://", "https://")):
             raise ConfigError(f"FLEET_CSRF_TRUSTED_ORIGINS entry {_origin!r} must start with https:// or http://")
+    from fleet.hub.config import hub_settings
+
+    globals().update(hub_settings(VAR_DIR))  # FLEET_HUB_*, FLEET_HF_*, FLEET_BLOB_*: see fleet/hub/config.py
     LOG_LEVEL = env_str("FLEET_LOG_LEVEL", "INFO").upper()
     if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(f"FLEET_LOG_LEVEL={LOG_LEVEL!r} is not a level; use DEBUG, INFO, WARNING or ERROR")
@@ -129,6 +144,8 @@ INSTALLED_APPS = [
     "fleet.accounts",
     "fleet.inventory",
     "fleet.agents",
+    "fleet.telemetry",
+    "fleet.hub",
     "fleet.web",
 ]
 

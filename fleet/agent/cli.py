@@ -13,9 +13,11 @@ from pathlib import Path
 
 from fleet.agent import AGENT_VERSION
 from fleet.agent.collectors import Collector, make_collector
+from fleet.agent.collectors.faults import Fault, parse_fault
 from fleet.agent.collectors.simulated import PROFILES
 from fleet.agent.connection import EXIT_REFUSED, run_agent
 from fleet.agent.enroll import EnrollError, enroll, rotate, validate_server_url
+from fleet.agent.modelstore import DeployConfig, ModelStore
 from fleet.agent.state import (
     Credentials,
     StateError,
@@ -54,6 +56,13 @@ def server_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def fault_arg(text: str) -> Fault:
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --home works before or after the subcommand; SUPPRESS keeps one from overwriting the other.
     common = argparse.ArgumentParser(add_help=False)
@@ -78,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common, labels], help="connect to the server and stay connected")
     p.add_argument("--simulate", metavar="PROFILE", choices=sorted(PROFILES),
                    help=f"fake GPUs instead of NVML: {', '.join(PROFILES)}")
+    p.add_argument("--fault", dest="faults", action="append", type=fault_arg, default=[], metavar="FAULT",
+                   help="with --simulate, inject a fault (repeatable): lost:gpu=3@30s, xid:79, ecc, overheat")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
     sub.add_parser("status", parents=[common], help="show enrollment and connection state")
@@ -138,6 +149,10 @@ def cmd_status(args: argparse.Namespace, home: Path) -> int:
         print(f"since:      {status.get('since') or '-'}")
     if status:
         print(f"last error: {status.get('last_error') or '-'}")
+    models = ModelStore(home)
+    active = dict(models.active())
+    for repo, sha in sorted(models.installed()):
+        print(f"model:      {repo}@{sha[:12]}{' (active)' if active.get(repo) == sha else ' (staged)'}")
     return 0
 
 
@@ -152,7 +167,15 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
     except StateError as exc:
         log.error("%s", exc)
         return 1
-    collector = make_collector(args.simulate, seed=creds.node_name)
+    try:
+        DeployConfig.from_env()  # FLEET_AGENT_KEEP_VERSIONS, FLEET_AGENT_DISK_MARGIN
+    except ValueError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    if args.faults and not args.simulate:
+        log.error("--fault needs --simulate: faults are injected into simulated GPUs only")
+        return 2
+    collector = make_collector(args.simulate, seed=creds.node_name, faults=args.faults)
     try:
         gpus, note = collector.inventory()
         if gpus:

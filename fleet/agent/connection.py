@@ -23,7 +23,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from fleet.agent import AGENT_VERSION
+from fleet.agent.buffer import MetricsBuffer
 from fleet.agent.collectors import Collector
+from fleet.agent.deployer import Deployer
 from fleet.agent.hostfacts import collect_host_facts
 from fleet.agent.protocol import (
     Activate,
@@ -31,6 +33,7 @@ from fleet.agent.protocol import (
     ChatCancel,
     ChatError,
     CommandEvent,
+    Control,
     Deploy,
     Error,
     FrameError,
@@ -48,7 +51,7 @@ from fleet.agent.protocol import (
     dump,
     parse_server_frame,
 )
-from fleet.agent.state import Credentials, now_iso, write_status
+from fleet.agent.state import Credentials, agent_home, now_iso, write_status
 
 log = logging.getLogger("fleet.agent")
 
@@ -87,8 +90,10 @@ PING_INTERVAL = 20.0
 CLOSE_TIMEOUT = 10.0
 STABLE_AFTER = 5.0
 MIN_METRICS_INTERVAL = 0.05
+DEFAULT_METRICS_INTERVAL = 1.0  # until a welcome says otherwise
 
 COMMAND_FRAMES = (Deploy, Activate, Rollback, Remove, HealthCheck)
+MODEL_COMMANDS = (Deploy, Activate, Rollback, Remove)  # handled by the deployer
 
 
 def ws_url(server: str) -> str:
@@ -158,6 +163,10 @@ class AgentSession:
             "last_error": None,
         }
         self._sample_failed = False
+        self.deployer = Deployer(agent_home(home), creds.secret, creds.server)
+        self.buffer = MetricsBuffer()
+        self.streaming = 0  # metrics tasks sending now (a replaced one may still be unwinding); 0: buffer
+        self.metrics_interval = DEFAULT_METRICS_INTERVAL
 
     # ---- status.json ------------------------------------------------------------------------------
 
@@ -191,6 +200,9 @@ class AgentSession:
             host=self.host_facts(),
             gpus=gpus,
             gpu_note=note[:512] if note else None,
+            installed=self.deployer.installed(),
+            active=self.deployer.active(),
+            in_flight=self.deployer.in_flight(),
         )
 
     def host_sample(self) -> HostSample | None:
@@ -220,16 +232,36 @@ class AgentSession:
 
     async def send_metrics(self, ws: ClientConnection, interval: float) -> None:
         interval = max(interval, MIN_METRICS_INTERVAL)
+        self.metrics_interval = interval
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        self.streaming += 1
         try:
+            # Catch up first: what was sampled while the socket was down, oldest first.
+            while (batch := self.buffer.next_batch()) is not None:
+                await ws.send(batch.model_dump_json(exclude_none=True, exclude_defaults=True))  # compact
+                self.buffer.sent(batch)
             while True:
                 # Fixed cadence, but never a burst to catch up after a slow sample.
                 next_at = max(next_at + interval, loop.time())
                 await asyncio.sleep(next_at - loop.time())
-                await ws.send(dump(await self.metrics()))
+                sample = await self.metrics()
+                try:
+                    await ws.send(dump(sample))
+                except ConnectionClosed:
+                    self.buffer.add(sample)
+                    raise
         except ConnectionClosed:
             pass
+        finally:
+            self.streaming -= 1
+
+    async def buffer_while_down(self) -> None:
+        """Keep sampling while no connection streams metrics, so a reconnect can send a catch-up."""
+        while True:
+            await asyncio.sleep(self.metrics_interval)
+            if not self.streaming:
+                self.buffer.add(await self.metrics())
 
     # ---- frames we receive ------------------------------------------------------------------------
 
@@ -239,14 +271,26 @@ class AgentSession:
             log.info("welcomed as node %s (id %d); metrics every %gs", frame.node_name, frame.node_id,
                      frame.metrics_interval)
             self.set_status(connected=True, node_id=frame.node_id, node_name=frame.node_name)
+
+            async def send_event(event: CommandEvent) -> None:
+                await ws.send(dump(event))
+
+            self.deployer.attach(send_event, frame.mirror_url)
             if "metrics" in tasks:
                 tasks.pop("metrics").cancel()
             tasks["metrics"] = asyncio.create_task(self.send_metrics(ws, frame.metrics_interval))
         elif isinstance(frame, Ping):
             await ws.send(dump(Pong(type="pong", nonce=frame.nonce)))
+        elif isinstance(frame, Control):
+            log.warning("server asks for metrics every %gs (%s)", frame.metrics_interval, frame.reason or "load")
+            if "metrics" in tasks:
+                tasks.pop("metrics").cancel()
+            tasks["metrics"] = asyncio.create_task(self.send_metrics(ws, frame.metrics_interval))
         elif isinstance(frame, Error):
             log.warning("server reported an error: %s: %s", frame.code, frame.detail)
             self.set_status(last_error=f"server: {frame.code}: {frame.detail}")
+        elif isinstance(frame, MODEL_COMMANDS):
+            await self.deployer.handle(frame)
         elif isinstance(frame, COMMAND_FRAMES):
             log.warning("%s command %s is not supported by this agent version", frame.type, frame.command_id)
             event = CommandEvent(type="event", command_id=frame.command_id, state="failed", error=UNSUPPORTED)
@@ -282,6 +326,7 @@ class AgentSession:
             return exc.rcvd.code if exc.rcvd is not None else None
         finally:
             self.serving = False
+            self.deployer.detach()
             for task in tasks.values():
                 task.cancel()
             for task in tasks.values():
@@ -377,6 +422,7 @@ async def run_agent(
     session.set_status(connected=False)
     runner = asyncio.create_task(session.connect_loop())
     stopper = asyncio.create_task(stop_event.wait())
+    buffering = asyncio.create_task(session.buffer_while_down())
     try:
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not runner.done() and session.serving:
@@ -384,6 +430,7 @@ async def run_agent(
             await asyncio.wait({runner}, timeout=CLOSE_TIMEOUT + 1)
     finally:
         stopper.cancel()
+        buffering.cancel()
         if not runner.done():
             # Between connections (dialling, backing off): nothing to close cleanly.
             runner.cancel()

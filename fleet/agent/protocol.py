@@ -121,6 +121,23 @@ class Metrics(_Frame):
     host: HostSample | None = None
 
 
+class MetricsPoint(_Model):
+    """One buffered sample in a catch-up batch (processes left out: they only matter now)."""
+
+    ts: float
+    gpus: Annotated[list[GpuSample], Field(max_length=256)] = []
+    host: HostSample | None = None
+
+
+class MetricsBatch(_Frame):
+    """Samples taken while the socket was down, sent after a reconnect. ``sent`` is the agent's clock
+    at sending, so the server can map ``ts`` onto its own clock."""
+
+    type: Literal["metrics.batch"]
+    sent: float
+    points: Annotated[list[MetricsPoint], Field(min_length=1, max_length=600)]
+
+
 class CommandEvent(_Frame):
     type: Literal["event"]
     command_id: ShortStr
@@ -155,7 +172,7 @@ class Pong(_Frame):
 
 
 AgentFrame = Annotated[
-    Hello | Metrics | CommandEvent | ChatDelta | ChatDone | ChatError | Pong, Field(discriminator="type")
+    Hello | Metrics | MetricsBatch | CommandEvent | ChatDelta | ChatDone | ChatError | Pong, Field(discriminator="type")
 ]
 
 # ---- server → agent -------------------------------------------------------------------------------
@@ -219,6 +236,14 @@ class ChatCancel(_Frame):
     request_id: ShortStr
 
 
+class Control(_Frame):
+    """Load shedding: send metrics every ``metrics_interval`` seconds from now on."""
+
+    type: Literal["control"]
+    metrics_interval: Annotated[float, Field(gt=0, le=3600)]
+    reason: Str = ""
+
+
 class Ping(_Frame):
     type: Literal["ping"]
     nonce: ShortStr = ""
@@ -231,7 +256,7 @@ class Error(_Frame):
 
 
 ServerFrame = Annotated[
-    Welcome | Deploy | Activate | Rollback | Remove | HealthCheck | Chat | ChatCancel | Ping | Error,
+    Welcome | Deploy | Activate | Rollback | Remove | HealthCheck | Chat | ChatCancel | Control | Ping | Error,
     Field(discriminator="type"),
 ]
 

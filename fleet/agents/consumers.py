@@ -14,6 +14,8 @@ from django.conf import settings
 from fleet import events
 from fleet.agent import protocol
 from fleet.agents import presence
+from fleet.hub import commands as hub_commands
+from fleet.telemetry.ingest import AgentTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ CLOSE_TOO_MANY_ERRORS = 4429
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
+COMMAND_POLL_BEATS = 1  # heartbeats between checks for model commands queued without a nudge
 ERROR_BUDGET = 20  # invalid frames tolerated per minute before the agent counts as flooding
 
 _connections = itertools.count()
@@ -53,6 +56,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.errors: list[float] = []
         self.tasks: list[asyncio.Task] = []
         _open += 1
+        self.telemetry = AgentTelemetry(self.node_id)
         await self.accept()
         # Tell an older connection of this node (in any server process) to go, then join the group.
         await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
@@ -64,14 +68,29 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.node_id is None:
             return
         _open -= 1
+        self.telemetry.close()
         for task in self.tasks:
             task.cancel()
         await self.channel_layer.group_discard(self.group, self.channel_name)
         log.info("agent %s disconnected (code %s)", self.node_name, code)
         self.node_id = None
 
+    async def dispatch(self, message: dict) -> None:
+        # Channels runs aclose_old_connections() (a thread hop) before every message; for agent frames,
+        # the hot path (DESIGN §6), skip it: this consumer reaches the ORM only through
+        # database_sync_to_async, which closes stale connections around each call itself.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         data = text_data if text_data is not None else bytes_data or b""
+        if self.node_id is not None and not self.telemetry.admit():  # over budget: dropped unparsed
+            if self.telemetry.flooding:
+                log.warning("agent %s exceeds its frame budget; closing", self.node_name)
+                await self.close(code=CLOSE_TOO_MANY_ERRORS)
+            return
         try:
             frame = protocol.parse_agent_frame(data, max_bytes=settings.FLEET_MAX_FRAME_BYTES)
         except protocol.FrameError as error:
@@ -86,6 +105,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         if frame.type == "hello":
             await self._on_hello(frame)
+        elif frame.type == "event":
+            await database_sync_to_async(hub_commands.record_event)(self.node_id, frame)
+            await self._touch()
+        elif frame.type in ("metrics", "metrics.batch"):
+            await self._on_metrics(frame, len(data))
         else:
             await self._touch()
 
@@ -100,13 +124,25 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 node_id=self.node_id,
                 node_name=self.node_name,
                 heartbeat_interval=settings.FLEET_HEARTBEAT_INTERVAL,
-                metrics_interval=settings.FLEET_METRICS_INTERVAL,
+                metrics_interval=self.telemetry.welcome_interval(),
                 offline_after=settings.FLEET_OFFLINE_AFTER,
+                mirror_url=hub_commands.mirror_url(self.scope),
             )
         )
+        await self._send_commands()  # unfinished model commands: the agent reports what it already reached
         if first:
             self.tasks.append(asyncio.create_task(self._heartbeat()))
             log.info("agent %s connected (%d GPUs)", self.node_name, len(hello.gpus))
+
+    async def _on_metrics(self, frame: protocol.Metrics | protocol.MetricsBatch, size: int) -> None:
+        # Memory only: no ORM, no thread hop, no channel-layer send (fleet/telemetry, DESIGN §6).
+        reply = self.telemetry.on_metrics(frame, size)
+        if isinstance(reply, protocol.FrameError):
+            await self._refuse(reply)
+            return
+        if reply is not None:
+            await self._send(reply)
+        # last_seen: written for all agents at once by the telemetry flusher (hub.seen), not per agent.
 
     async def _touch(self) -> None:
         now = time.monotonic()
@@ -123,6 +159,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_SILENT)
                 return
             await self._send(protocol.Ping(type="ping", nonce=str(nonce)))
+            if nonce % COMMAND_POLL_BEATS == 0:  # fallback behind the agent.command nudge (other processes)
+                await self._send_commands(pending_only=True)
 
     async def _refuse(self, error: protocol.FrameError) -> None:
         await self.send(text_data=protocol.Error(type="error", code=error.code, detail=error.detail).model_dump_json())
@@ -144,6 +182,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if event.get("channel") != self.channel_name:
             log.info("agent %s reconnected elsewhere; closing the older connection", self.node_name)
             await self.close(code=CLOSE_REPLACED)
+
+    async def agent_command(self, event: dict) -> None:
+        """A model command was queued for this node (fleet.hub.commands.create)."""
+        if self.hello_done:
+            await self._send_commands(event.get("command_id"))
+
+    async def _send_commands(self, command_id: str | None = None, pending_only: bool = False) -> None:
+        frames = await database_sync_to_async(hub_commands.frames_to_send)(self.node_id, command_id, pending_only)
+        for frame in frames:
+            await self.send(text_data=protocol.dump(frame))
 
     async def agent_revoked(self, event: dict) -> None:
         # Only the connection made with that secret: after a rotation the new one stays.

@@ -19,8 +19,10 @@ from django.utils import timezone
 
 from fleet import events
 from fleet.agent.protocol import Hello
+from fleet.hub import commands as hub_commands
 from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.inventory.services import set_status
+from fleet.telemetry import records as telemetry_records
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,10 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         node.save()
         _upsert_gpus(node, hello, now)
         set_status(node.pk, NodeStatus.ONLINE, last_seen=now)
+        hub_commands.record_inventory(node.pk, hello.installed, hello.active)
         # Facts and GPUs may have changed even when the status did not: open node pages redraw.
         events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
+    telemetry_records.node_online(node.pk)  # resolves a node-offline alert, if one is open
     return node
 
 
@@ -101,6 +105,7 @@ def sweep_offline(now: datetime | None = None) -> list[int]:
             gone.append(node_id)
     if gone:
         log.info("nodes offline after %.0fs without a frame: %s", settings.FLEET_OFFLINE_AFTER, gone)
+        telemetry_records.node_offline(gone)
     return gone
 
 

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.urls import path, re_path
 
 from fleet.web.views import audit, enrollment, nodes, overview, static, users
+from fleet.web.views import telemetry as telemetry_views
 
 _static_prefix = settings.STATIC_URL.strip("/")
 
@@ -14,6 +15,11 @@ urlpatterns = [
     path("nodes/", nodes.node_list, name="node-list"),
     path("nodes/states/", nodes.node_states, name="node-states"),
     path("nodes/<int:pk>/", nodes.node_detail, name="node-detail"),
+    path("nodes/<int:pk>/telemetry/live/", telemetry_views.node_live, name="node-telemetry-live"),
+    path("nodes/<int:pk>/telemetry/history/", telemetry_views.node_history, name="node-telemetry-history"),
+    path("telemetry/heatmap/", telemetry_views.fleet_heat, name="fleet-heatmap"),
+    path("alerts/", telemetry_views.alert_list, name="alerts"),
+    path("alerts/feed/", telemetry_views.alert_feed, name="alert-feed"),
     path("enrollment/", enrollment.enrollment, name="enrollment"),
     path("enrollment/tokens/<int:pk>/revoke/", enrollment.token_revoke, name="token-revoke"),
     path("enrollment/credentials/<int:pk>/revoke/", enrollment.credential_revoke, name="credential-revoke"),

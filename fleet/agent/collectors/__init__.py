@@ -7,6 +7,7 @@ a note, a ``None`` or ``lost=True``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from fleet.agent.protocol import GpuInfo, GpuSample
@@ -29,15 +30,18 @@ class Collector(Protocol):
     def close(self) -> None: ...
 
 
-def make_collector(simulate: str | None, seed: str) -> Collector:
-    """A simulated collector for profile ``simulate`` (seeded by ``seed``), else the NVML one.
+def make_collector(simulate: str | None, seed: str, faults: Sequence[Any] = ()) -> Collector:
+    """A simulated collector for profile ``simulate`` (seeded by ``seed``, with injected ``faults``),
+    else the NVML one.
 
-    Raises ValueError for an unknown profile.
+    Raises ValueError for an unknown profile, or for faults without a simulation.
     """
     if simulate:
         from fleet.agent.collectors.simulated import SimulatedCollector
 
-        return SimulatedCollector(simulate, seed)
+        return SimulatedCollector(simulate, seed, faults=tuple(faults))
+    if faults:
+        raise ValueError("--fault needs --simulate: faults are injected into simulated GPUs only")
     from fleet.agent.collectors.nvml import NvmlCollector
 
     return NvmlCollector()

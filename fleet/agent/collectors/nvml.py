@@ -12,15 +12,18 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psutil
 import pynvml
 
-from fleet.agent.protocol import GpuInfo, GpuSample
+from fleet.agent.protocol import GpuInfo, GpuProcess, GpuSample
 
 log = logging.getLogger("fleet.agent")
 
 T = TypeVar("T")
 
 NO_LIBRARY_NOTE = "no NVIDIA driver found (libnvidia-ml not loadable): reporting 0 GPUs"
+MAX_EVENTS_PER_SAMPLE = 64
+MAX_PROCESSES = 256
 NO_DRIVER_NOTE = "NVIDIA driver not loaded (libnvidia-ml found, kernel driver missing): reporting 0 GPUs"
 
 
@@ -68,6 +71,9 @@ class NvmlCollector:
         self._initialized = False
         self._uuids: dict[int, str] = {}
         self._lost: set[int] = set()
+        self._event_set: Any = None
+        self._events_registered: set[int] = set()
+        self._pending_xids: dict[int, list[int]] = {}
 
     # ---- setup ------------------------------------------------------------------------------------
 
@@ -163,6 +169,7 @@ class NvmlCollector:
             count = self._count()
             if isinstance(count, str):
                 return []
+            self._collect_xids(count)
             samples: list[GpuSample] = []
             for index in range(count):
                 if index not in self._lost:
@@ -175,8 +182,65 @@ class NvmlCollector:
                         log.debug("GPU %d has no handle/UUID (%s); left out of this sample", index, exc)
                         continue
                 uuid = self._uuids.get(index, f"lost-gpu-{index}")
-                samples.append(GpuSample(index=index, uuid=uuid, lost=True))
+                xids = self._pending_xids.pop(index, [])[:64]  # XID 79 often comes with the loss
+                samples.append(GpuSample(index=index, uuid=uuid, lost=True, xids=xids))
             return samples
+
+    # ---- XID events (NVML event set, read without blocking) -----------------------------------------
+
+    def _register_events(self, count: int) -> None:
+        if self._event_set is None:
+            try:
+                self._event_set = pynvml.nvmlEventSetCreate()
+            except pynvml.NVMLError as exc:
+                log.debug("no NVML event set (%s): XIDs not reported", exc)
+                self._event_set = False
+        if not self._event_set:
+            return
+        for index in range(count):
+            if index in self._events_registered or index in self._lost:
+                continue
+            self._events_registered.add(index)  # tried once: NotSupported stays NotSupported
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._event_set)
+            except pynvml.NVMLError as exc:
+                log.debug("GPU %d: XID events unavailable (%s)", index, exc)
+
+    def _collect_xids(self, count: int) -> None:
+        """Drain pending XID events (timeout 0: never blocks the sample) into per-GPU lists."""
+        self._register_events(count)
+        if not self._event_set:
+            return
+        for _ in range(MAX_EVENTS_PER_SAMPLE):
+            try:
+                event = pynvml.nvmlEventSetWait_v2(self._event_set, 0)
+            except pynvml.NVMLError_Timeout:
+                return
+            except pynvml.NVMLError as exc:
+                log.debug("NVML event wait failed: %s", exc)
+                return
+            if event.eventType != pynvml.nvmlEventTypeXidCriticalError:
+                continue
+            try:
+                index = int(pynvml.nvmlDeviceGetIndex(event.device))
+            except pynvml.NVMLError:
+                continue
+            self._pending_xids.setdefault(index, []).append(int(event.eventData))
+
+    # ---- per-field reads ----------------------------------------------------------------------------
+
+    def _processes(self, handle: Any) -> list[GpuProcess]:
+        running = _call(pynvml.nvmlDeviceGetComputeRunningProcesses, handle) or []
+        processes = []
+        for proc in running[:MAX_PROCESSES]:
+            used = getattr(proc, "usedGpuMemory", None)
+            try:
+                name = psutil.Process(int(proc.pid)).name()[:128]
+            except (psutil.Error, ValueError):
+                name = None  # another PID namespace (containers) or already gone
+            processes.append(GpuProcess(pid=int(proc.pid), used_memory_bytes=int(used) if used else None, name=name))
+        return processes
 
     def _temperature(self, handle: Any) -> float | None:
         newer = getattr(pynvml, "nvmlDeviceGetTemperatureV", None)
@@ -197,6 +261,7 @@ class NvmlCollector:
         power_mw = _call(pynvml.nvmlDeviceGetPowerUsage, handle)
         limit_mw = _call(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
         energy_mj = _call(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
+        processes = self._processes(handle)
         return GpuSample(
             index=index,
             uuid=uuid,
@@ -223,6 +288,8 @@ class NvmlCollector:
                 pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
                 pynvml.NVML_VOLATILE_ECC,
             ),
+            xids=self._pending_xids.pop(index, [])[:64],
+            processes=processes,
         )
 
     def host_overrides(self) -> dict[str, Any]:
@@ -232,6 +299,12 @@ class NvmlCollector:
         with self._lock:
             if self._initialized:
                 self._initialized = False
+                if self._event_set:
+                    try:
+                        pynvml.nvmlEventSetFree(self._event_set)
+                    except pynvml.NVMLError:
+                        pass
+                    self._event_set = None
                 try:
                     pynvml.nvmlShutdown()
                 except pynvml.NVMLError:

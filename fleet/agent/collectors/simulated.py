@@ -13,7 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.agent.protocol import GpuInfo, GpuSample
+from fleet.agent.collectors.faults import OVERHEAT_C, Fault
+from fleet.agent.protocol import GpuInfo, GpuProcess, GpuSample
 
 MIB = 1024 * 1024
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "simulated.fleet.local")
@@ -62,13 +63,17 @@ def _unit(*parts: object) -> float:
 
 
 class SimulatedCollector:
-    def __init__(self, profile: str, seed: str) -> None:
+    def __init__(self, profile: str, seed: str, faults: tuple[Fault, ...] | list[Fault] = (),
+                 started: float | None = None) -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown simulation profile {profile!r}; valid: {', '.join(PROFILES)}")
         self.profile_name = profile
         self.profile = PROFILES[profile]
         self.seed = seed
         self.lost: set[int] = set()
+        self.faults = list(faults)
+        self.started = time.time() if started is None else started
+        self._xids_sent: set[Fault] = set()
 
     def uuid(self, index: int) -> str:
         return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, f'{self.seed}/{self.profile_name}/{index}')}"
@@ -112,9 +117,24 @@ class SimulatedCollector:
         on = (now + phase) % period < period / 3
         return round(70 + 30 * noise if on else 2 * noise, 1)
 
+    def model_loaded(self, index: int, now: float) -> bool:
+        """Bursty GPUs load a model for two thirds of a slow (10-20 min) cycle: memory jumps then."""
+        period = 600 + 600 * _unit(self.seed, index, "load-period")
+        return (now + period * _unit(self.seed, index, "load-phase")) % period < period * 2 / 3
+
+    def _apply_faults(self, now: float) -> dict[int, list[Fault]]:
+        active: dict[int, list[Fault]] = {}
+        for fault in self.faults:
+            if fault.gpu < self.profile.count and fault.active(now - self.started):
+                if fault.kind == "lost":
+                    self.lost.add(fault.gpu)
+                active.setdefault(fault.gpu, []).append(fault)
+        return active
+
     def sample(self, now: float | None = None) -> list[GpuSample]:
         now = time.time() if now is None else now
         p = self.profile
+        faults = self._apply_faults(now) if self.faults else {}
         samples = []
         for i in range(p.count):
             if i in self.lost:
@@ -124,28 +144,49 @@ class SimulatedCollector:
             load = util / 100
             noise = _unit(self.seed, i, int(now), "n2")
             memory_total = p.memory_mib * MIB
-            memory_share = {"idle": 0.01, "busy": 0.9, "bursty": 0.55}[self.pattern(i)]
+            pattern = self.pattern(i)
+            memory_share = {"idle": 0.01, "busy": 0.9, "bursty": 0.55}[pattern]
+            if pattern == "bursty" and not self.model_loaded(i, now):
+                memory_share, util, load = 0.004, 0.0, 0.0
             mean_power = p.idle_w + (p.limit_w - p.idle_w) * 0.4
-            samples.append(
-                GpuSample(
-                    index=i,
-                    uuid=self.uuid(i),
-                    utilization_gpu=util,
-                    utilization_memory=round(util * 0.6, 1),
-                    memory_used_bytes=int(memory_total * min(1.0, memory_share + 0.02 * noise)),
-                    memory_total_bytes=memory_total,
-                    temperature_c=round(30 + 45 * load + 2 * noise, 1),
-                    power_w=round(p.idle_w + (p.limit_w - p.idle_w) * 0.9 * load + 3 * noise, 1),
-                    power_limit_w=float(p.limit_w),
-                    sm_clock_mhz=int(345 + (p.sm_max_mhz - 345) * min(1.0, load * 1.5)),
-                    mem_clock_mhz=p.mem_mhz,
-                    fan_percent=round(min(100.0, 30 + 50 * load), 1) if p.fan else None,
-                    energy_j=round(mean_power * max(0.0, now - _ENERGY_EPOCH + 86400 * i), 1),
-                    ecc_corrected=0 if p.ecc else None,
-                    ecc_uncorrected=0 if p.ecc else None,
-                )
+            memory_used = int(memory_total * min(1.0, memory_share + 0.02 * noise))
+            processes = []
+            if memory_share > 0.1:
+                pid = 1000 + int(_unit(self.seed, i, "pid") * 60000)
+                name = "vllm" if pattern == "busy" else "python3"
+                processes.append(GpuProcess(pid=pid, used_memory_bytes=memory_used, name=name))
+            sample = GpuSample(
+                index=i,
+                uuid=self.uuid(i),
+                utilization_gpu=util,
+                utilization_memory=round(util * 0.6, 1),
+                memory_used_bytes=memory_used,
+                memory_total_bytes=memory_total,
+                temperature_c=round(30 + 45 * load + 2 * noise, 1),
+                power_w=round(p.idle_w + (p.limit_w - p.idle_w) * 0.9 * load + 3 * noise, 1),
+                power_limit_w=float(p.limit_w),
+                sm_clock_mhz=int(345 + (p.sm_max_mhz - 345) * min(1.0, load * 1.5)),
+                mem_clock_mhz=p.mem_mhz,
+                fan_percent=round(min(100.0, 30 + 50 * load), 1) if p.fan else None,
+                energy_j=round(mean_power * max(0.0, now - _ENERGY_EPOCH + 86400 * i), 1),
+                ecc_corrected=0 if p.ecc else None,
+                ecc_uncorrected=0 if p.ecc else None,
+                processes=processes,
             )
+            samples.append(self._faulty(sample, faults.get(i, ())))
         return samples
+
+    def _faulty(self, sample: GpuSample, faults: list[Fault] | tuple) -> GpuSample:
+        changes: dict[str, Any] = {}
+        for fault in faults:
+            if fault.kind == "overheat":
+                changes["temperature_c"] = OVERHEAT_C
+            elif fault.kind == "ecc":
+                changes["ecc_uncorrected"] = 1 + (sample.ecc_uncorrected or 0)
+            elif fault.kind == "xid" and fault not in self._xids_sent:
+                self._xids_sent.add(fault)  # an XID is an event: reported once
+                changes["xids"] = [*changes.get("xids", []), fault.code]
+        return sample.model_copy(update=changes) if changes else sample
 
     def host_overrides(self) -> dict[str, Any]:
         return dict(self.profile.host)

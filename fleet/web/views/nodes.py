@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, render
 from fleet.accounts.permissions import viewer_required
 from fleet.inventory.models import Node, NodeCredential
 from fleet.inventory.queries import node_payload, with_gpu_counts
+from fleet.telemetry.models import Alert
 from fleet.web.forms import NodeFilterForm
 from fleet.web.views.common import paginate
 
@@ -47,7 +48,8 @@ def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "web/node_detail.html",
-        {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}"},
+        {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}",
+         "node_alerts": list(Alert.objects.filter(node=node).select_related("node")[:12])},
     )
 
 

@@ -8,6 +8,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet import demo
+from fleet.hub.demo_model import publish_demo_model
 from fleet.lib.env import ConfigError, env_int
 
 
@@ -27,6 +28,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         call_command("migrate", interactive=False, verbosity=0)
         demo.ensure_admin(self.stdout)
+        publish_demo_model(self.stdout)  # a tiny Llama in the /hf mirror, ready to deploy from the Models page
         server = f"http://{host}:{port}"
         processes: list[subprocess.Popen] = []
         stop = threading.Event()

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Hub benchmark: one generated model version (~500 MB in 4 safetensors shards) pulled by 1, 2, 4 and 8
+agents at once through Fleet's /hf mirror (real Daphne, embedded default, real fleet-agent processes
+deploying it over their sockets), fetched from an HF-compatible upstream served by this script.
+
+Per N it reports: upstream bytes fetched (target 1× the version size: pull-through fetches each blob
+once however many nodes ask), wall time until every agent has the version staged (downloaded and
+verified with verify_repo_checksums), and the mirror's throughput with a plain HTTP client (N parallel
+`curl -L` of every shard through /hf, bodies written to disk) ÷ a plain local file copy of the same bytes
+measured in the same run (target ≥ 0.7). With Debian's nginx installed it also measures nginx serving the
+same files. Each N uses a fresh version, so every round starts cold at the upstream.
+
+    .venv/bin/python bench/hub.py                     # 500 MB, agents 1,2,4,8
+    .venv/bin/python bench/hub.py --size-mb 64 --agents 1,2 --repeat 1   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.hub.fakehub import FakeHub  # noqa: E402
+from tests.integration.harness import Agent, Stack, free_port, wait_until  # noqa: E402
+
+SHARDS = 4
+MB = 1000 * 1000
+
+
+def make_files(base: bytearray, round_no: int) -> dict[str, bytes]:
+    """The version of one round: the shared random base with a round marker, so every round is new."""
+    shard = len(base) // SHARDS
+    files = {"config.json": json.dumps({"model_type": "llama", "round": round_no}).encode(),
+             "tokenizer.json": json.dumps({"round": round_no}).encode()}
+    for i in range(SHARDS):
+        body = bytearray(base[i * shard:(i + 1) * shard])
+        body[:16] = f"round{round_no:04d}shard{i}".encode()[:16].ljust(16, b"-")
+        files[f"model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"] = bytes(body)
+    return files
+
+
+def local_copy_rate(folder: Path, files: dict[str, bytes], parallel: int) -> float:
+    """MB/s of shutil.copyfile of the same shards (page cache warm, like the mirror's), ``parallel`` at once."""
+    sources = []
+    for name, data in files.items():
+        if name.endswith(".safetensors"):
+            path = folder / f"src-{name}"
+            path.write_bytes(data)
+            sources.append(path)
+    os.sync()
+    jobs = [(src, folder / f"copy-{n}-{src.name}") for n in range(parallel) for src in sources]
+    started = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", "import shutil,sys; shutil.copyfile(sys.argv[1], sys.argv[2])",
+                               str(src), str(dst)]) for src, dst in jobs]
+    for proc in procs:
+        proc.wait()
+    elapsed = time.perf_counter() - started
+    total = sum(dst.stat().st_size for _, dst in jobs)
+    for _, dst in jobs:
+        dst.unlink()
+    for src in sources:
+        src.unlink()
+    return total / MB / elapsed
+
+
+def curl_rate(urls: list[str], parallel: int, folder: Path, token: str | None = None) -> float:
+    """MB/s of ``parallel`` clients each fetching every URL with curl (following the mirror's redirect)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = ["-H", f"Authorization: Bearer {token}"] if token else []
+    started = time.perf_counter()
+    procs = []
+    for n in range(parallel):
+        for i, url in enumerate(urls):
+            out = folder / f"c{n}-{i}"
+            procs.append((subprocess.Popen(["curl", "-sfL", *header, "-o", str(out), url]), out))
+    total = 0
+    for proc, out in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"curl failed for {out.name}")
+        total += out.stat().st_size
+        out.unlink()
+    return total / MB / (time.perf_counter() - started)
+
+
+def _wall(stack: Stack, commands: list[str]) -> float | None:
+    """Seconds from the first command reaching an agent to the last one staged (the server's clock)."""
+    marks = ",".join("?" * len(commands))
+    rows = stack.query(f"SELECT sent_at, finished_at FROM hub_nodecommand WHERE command_id IN ({marks})",
+                       tuple(commands))
+    from datetime import datetime
+
+    sent = [datetime.fromisoformat(str(r[0])) for r in rows if r[0]]
+    done = [datetime.fromisoformat(str(r[1])) for r in rows if r[1]]
+    return (max(done) - min(sent)).total_seconds() if sent and done else None
+
+
+def start_nginx(root: Path, tmp: Path) -> tuple[subprocess.Popen, int] | None:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not nginx:
+        return None
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {tmp};
+  proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  server {{ listen 127.0.0.1:{port}; location /blobs/ {{ alias {root}/blobs/; }} }} }}
+""")
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return (proc, port) if proc.poll() is None else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=500, help="version size in MB (default 500)")
+    parser.add_argument("--agents", default="1,2,4,8", help="agent counts, comma-separated (default 1,2,4,8)")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per N, best kept (default 3)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.agents.split(",")]
+    if args.size_mb < SHARDS or any(n < 1 or n > 64 for n in counts) or not 1 <= args.repeat <= 20:
+        raise SystemExit("--size-mb must be at least 4, --agents between 1 and 64, --repeat between 1 and 20")
+    tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-hub-"))
+    print(f"generating {args.size_mb} MB of random weights ...", flush=True)
+    base = bytearray(os.urandom(args.size_mb * MB))
+    upstream = FakeHub().start()
+    stack = Stack(tmp, offline_after=10)
+    stack.env.update({"FLEET_HF_UPSTREAM": upstream.url, "FLEET_HUB_DISK_MARGIN": "0", "FLEET_LOG_LEVEL": "WARNING"})
+    agents: list[Agent] = []
+    nginx = None
+    rows = []
+    try:
+        stack.start()
+        token = stack.manage("createenrollmenttoken", "--expires", "1h", "--uses", str(max(counts)))
+        for n in range(max(counts)):
+            agent = Agent(tmp / f"agent-{n}", {**stack.env, "FLEET_AGENT_DISK_MARGIN": "0"})
+            result = agent.cli("enroll", "--server", stack.url(), "--token", token, "--name", f"bench-{n}")
+            assert result.returncode == 0, result.stderr
+            agents.append(agent.run("--simulate", "jetson-orin", "--log-level", "warning"))
+        wait_until(lambda: all(stack.node_status(f"bench-{n}") == "online" for n in range(len(agents))), 60,
+                   "agents online")
+        secret = json.loads((agents[0].home / "credentials.json").read_text())["secret"]
+        nginx = start_nginx(tmp / "var" / "hub", tmp)
+        for round_no, count in enumerate(counts, start=1):
+            files = make_files(base, round_no)
+            size = sum(len(v) for v in files.values())
+            upstream.add("bench/model", files, revision=f"r{round_no}")
+            sent_before = upstream.bytes_sent
+            sha = stack.manage("addmodel", "bench/model", "--revision", f"r{round_no}").splitlines()[-1]
+            started = time.perf_counter()
+            commands = [stack.manage("deploymodel", "deploy", "--node", f"bench-{n}", "--repo", "bench/model",
+                                     "--revision", sha) for n in range(count)]
+
+            def states(commands=commands):
+                marks = ",".join("?" * len(commands))
+                return stack.query(f"SELECT state, error FROM hub_nodecommand WHERE command_id IN ({marks})",
+                                   tuple(commands))
+
+            wait_until(lambda: all(s in ("staged", "failed") for s, _ in states()), 1800, f"{count} agents staged")
+            wall = _wall(stack, commands) or time.perf_counter() - started
+            failed = [e for s, e in states() if s == "failed"]
+            if failed:
+                raise SystemExit(f"deploy failed: {failed[0]}")
+            upstream_bytes = upstream.bytes_sent - sent_before
+            shards = [name for name in files if name.endswith(".safetensors")]
+            urls = [f"{stack.url()}/hf/bench/model/resolve/{sha}/{name}" for name in shards]
+            # Each phase starts with the page cache's dirty data written back, so no phase pays for the
+            # previous one's writes (the agents just wrote N copies of the version).
+            # Best of --repeat runs each, interleaved, every run starting with the page cache's dirty data
+            # written back: on a small VM disk writeback makes single runs differ by 2x.
+            digests = [hashlib.sha256(files[u.rsplit("/", 1)[1]]).hexdigest() for u in urls]
+            nginx_urls = [f"http://127.0.0.1:{nginx[1]}/blobs/sha256/{d[:2]}/{d}" for d in digests] if nginx else []
+            copies, mirrors, nginxes = [], [], []
+            for _ in range(args.repeat):
+                os.sync()
+                copies.append(local_copy_rate(tmp, files, count))
+                os.sync()
+                mirrors.append(curl_rate(urls, count, tmp / "curl", secret))
+                if nginx:
+                    os.sync()
+                    nginxes.append(curl_rate(nginx_urls, count, tmp / "curl"))
+            copy, mirror, nginx_rate = max(copies), max(mirrors), max(nginxes) if nginxes else None
+            rows.append((count, size, upstream_bytes, wall, mirror, copy, nginx_rate))
+            print(f"N={count}: upstream {upstream_bytes / size:.2f}x of {size / MB:.0f} MB, all staged in {wall:.1f}s "
+                  f"({count * size / MB / wall:.0f} MB/s via agents), mirror {mirror:.0f} MB/s, local copy "
+                  f"{copy:.0f} MB/s, ratio {mirror / copy:.2f}"
+                  + (f", nginx {nginx_rate:.0f} MB/s" if nginx_rate else ""), flush=True)
+            for key in [k for k in upstream.repos["bench/model"].files if k.startswith(sha)]:
+                del upstream.repos["bench/model"].files[key]  # keep the script's memory flat
+            for n in range(count):  # free the agents' disks for the next round
+                stack.manage("deploymodel", "remove", "--node", f"bench-{n}", "--repo", "bench/model",
+                             "--revision", sha)
+    finally:
+        for agent in agents:
+            agent.kill()
+        if nginx:
+            nginx[0].terminate()
+        stack.stop()
+        upstream.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    head = "| agents | version | upstream fetched | wall (staged, verified) | mirror (curl) | copy | mirror ÷ copy |"
+    print(head + (" nginx |" if any(r[6] for r in rows) else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if any(r[6] for r in rows) else ""))
+    for count, size, up, wall, mirror, copy, nginx_rate in rows:
+        print(f"| {count} | {size / MB:.0f} MB | {up / size:.2f}× | {wall:.1f} s | {mirror:.0f} MB/s | {copy:.0f} MB/s "
+              f"| {mirror / copy:.2f} |" + (f" {nginx_rate:.0f} MB/s |" if nginx_rate else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""The node side of model commands: deploy (download through the mirror, verify, stage), activate, roll
+back, remove. Idempotent by command_id; the state file makes a restarted agent resume and re-report.
+
+Downloads are huggingface_hub's own ``snapshot_download`` against the server's ``/hf`` mirror with the node
+secret as the token, into the agent's HF cache; ``verify_repo_checksums`` proves the bytes before a version
+counts as staged. Nothing here imports Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fleet.agent.modelstore import TERMINAL, DeployConfig, ModelStore, etag_of
+from fleet.agent.protocol import Activate, CommandEvent, Deploy, ModelRef, Remove, Rollback
+
+log = logging.getLogger("fleet.agent.deployer")
+PROGRESS_EVERY = 1.0
+# Files bigger than this are fetched by Fleet first, resumably (huggingface_hub 2.4 restarts an interrupted
+# file from zero in a fresh temporary file); snapshot_download then finds the blob and only links it.
+PREFETCH_MIN = 8 * 1024 * 1024
+PREFETCH_WORKERS = 8
+BUSY_RETRY_FOR = 6 * 3600.0  # how long a deploy waits on "503 still fetching from upstream" before failing
+
+
+def _retry_after(value: str | None) -> int:
+    try:
+        return max(1, min(60, int(value or 10)))
+    except ValueError:
+        return 10
+Send = Callable[[CommandEvent], Awaitable[None]]
+
+
+def _human(size: int) -> str:
+    value, unit = float(size), 0
+    while value >= 1024 and unit < 5:
+        value, unit = value / 1024, unit + 1
+    return f"{int(value)} B" if unit == 0 else f"{value:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'][unit]}"
+
+
+class CommandFailed(Exception):
+    pass
+
+
+async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """Run ``function`` in a daemon thread: unlike asyncio.to_thread, a stopping agent does not wait for an
+    hour-long download to end (the partial files stay and the next run resumes them)."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = function(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(lambda error=exc: future.done() or future.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
+
+    threading.Thread(target=target, name="fleet-deployer", daemon=True).start()
+    return await future
+
+
+def explain_download_error(error: Exception, repo: str, sha: str) -> str:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, HfHubHTTPError) and status == 401:
+        return "the mirror refused this node's secret (revoked or rotated?); re-enroll the node"
+    if isinstance(error, GatedRepoError):
+        return f"the mirror does not serve {repo}@{sha[:12]} yet (awaiting approval in Fleet)"
+    if isinstance(error, RepositoryNotFoundError):
+        return f"the mirror has no repository {repo}"
+    if isinstance(error, RevisionNotFoundError):
+        return f"the mirror has no version {repo}@{sha[:12]} (deleted in Fleet?)"
+    if isinstance(error, HfHubHTTPError):
+        return f"the mirror answered an error: {str(error).splitlines()[0]}"
+    return f"download failed: {type(error).__name__}: {error}"[:500]
+
+
+class Deployer:
+    def __init__(self, home: Path, secret: str, server: str, config: DeployConfig | None = None):
+        self.store = ModelStore(home)
+        self.secret = secret
+        self.server = server.rstrip("/")
+        self.mirror_url = ""
+        self.config = config or DeployConfig.from_env()
+        self.send: Send | None = None
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.progress: dict[str, tuple[int, int]] = {}
+        self.lock = asyncio.Lock()  # activation, removal and state changes happen one at a time
+
+    # ---- what hello reports ----------------------------------------------------------------------
+
+    def installed(self) -> list[ModelRef]:
+        return [ModelRef(repo=repo, sha=sha) for repo, sha in self.store.installed()][:256]
+
+    def active(self) -> list[ModelRef]:
+        return [ModelRef(repo=repo, sha=sha) for repo, sha in self.store.active()][:16]
+
+    def in_flight(self) -> list[str]:
+        commands = self.store.state["commands"]
+        return [cid for cid, record in commands.items() if record.get("state") not in TERMINAL][:256]
+
+    # ---- connection ----------------------------------------------------------------------------------
+
+    def attach(self, send: Send, mirror_url: str) -> None:
+        self.send = send
+        self.mirror_url = mirror_url.rstrip("/") if mirror_url else f"{self.server}/hf"
+        self.resume()
+
+    def detach(self) -> None:
+        self.send = None
+
+    async def emit(self, command_id: str, state: str, *, done: int | None = None, total: int | None = None,
+                   error: str | None = None, persist: bool = True) -> None:
+        if persist:
+            fields: dict[str, Any] = {"state": state, "error": error}
+            if done is not None:
+                fields.update(bytes_done=done, bytes_total=total)
+            self.store.put_command(command_id, **fields)
+        if self.send is None:
+            return
+        try:
+            await self.send(CommandEvent(type="event", command_id=command_id, state=state, bytes_done=done,
+                                         bytes_total=total, error=error[:500] if error else None))
+        except Exception as exc:  # the connection dropped; the state file and the next hello carry it
+            log.debug("could not send event for %s: %s", command_id, exc)
+
+    def resume(self) -> None:
+        """Restart commands a previous run left unfinished (a killed agent resumes its downloads)."""
+        for command_id, record in list(self.store.state["commands"].items()):
+            if record.get("state") not in TERMINAL and command_id not in self.tasks and record.get("kind"):
+                log.info("resuming %s %s@%s", record["kind"], record.get("repo"), str(record.get("sha"))[:12])
+                self._start(command_id, record)
+
+    # ---- commands ------------------------------------------------------------------------------------
+
+    async def handle(self, frame: Deploy | Activate | Rollback | Remove) -> None:
+        record = self.store.command(frame.command_id)
+        if record and record.get("state") in TERMINAL:  # already done: report, do not redo
+            await self.emit(frame.command_id, record["state"], done=record.get("bytes_done"),
+                            total=record.get("bytes_total"), error=record.get("error"), persist=False)
+            return
+        if frame.command_id in self.tasks:
+            done, total = self.progress.get(frame.command_id, (None, None))
+            await self.emit(frame.command_id, record.get("state", "accepted") if record else "accepted",
+                            done=done, total=total, persist=False)
+            return
+        record = {"kind": frame.type, "repo": frame.repo, "sha": getattr(frame, "sha", None), "state": "accepted"}
+        if isinstance(frame, Deploy):
+            record.update(activate=frame.activate, manifest=[
+                {"path": e.get("path"), "size": e.get("size"), "oid": e.get("oid"), "lfs": e.get("lfs")}
+                for e in frame.manifest])
+        self.store.put_command(frame.command_id, **record)
+        self._start(frame.command_id, self.store.command(frame.command_id))
+
+    def _start(self, command_id: str, record: dict[str, Any]) -> None:
+        runner = {"deploy": self._deploy, "activate": self._activate_cmd, "remove": self._remove,
+                  "rollback": self._rollback}.get(record["kind"])
+        if runner is None:
+            return
+        task = asyncio.create_task(self._guard(command_id, runner, record))
+        self.tasks[command_id] = task
+        task.add_done_callback(lambda _t: (self.tasks.pop(command_id, None), self.progress.pop(command_id, None)))
+
+    async def _guard(self, command_id: str, runner, record: dict[str, Any]) -> None:
+        try:
+            await runner(command_id, record)
+        except CommandFailed as failure:
+            log.warning("%s %s failed: %s", record["kind"], command_id, failure)
+            await self.emit(command_id, "failed", error=str(failure))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s %s crashed", record["kind"], command_id)
+            await self.emit(command_id, "failed", error=f"agent error: {type(exc).__name__}: {exc}")
+
+    async def _deploy(self, command_id: str, record: dict[str, Any]) -> None:
+        repo, sha, manifest = record["repo"], record["sha"], record.get("manifest") or []
+        total = sum(int(entry.get("size") or 0) for entry in manifest)
+        if not self.store.is_staged(repo, sha):
+            present = self.store.bytes_present(repo, manifest)
+            free = self.store.free_bytes()
+            if total - present + self.config.disk_margin > free:
+                raise CommandFailed(
+                    f"not enough disk space: {repo}@{sha[:12]} needs {_human(total - present)} more plus a "
+                    f"{_human(self.config.disk_margin)} margin (FLEET_AGENT_DISK_MARGIN), {_human(free)} free "
+                    f"under {self.store.cache}")
+            await self.emit(command_id, "downloading", done=present, total=total)
+            download = asyncio.ensure_future(in_thread(self._download, repo, sha, manifest))
+            while not download.done():
+                await asyncio.wait({download}, timeout=PROGRESS_EVERY)
+                done = self.store.bytes_present(repo, manifest)
+                self.progress[command_id] = (done, total)
+                if not download.done():
+                    await self.emit(command_id, "downloading", done=done, total=total, persist=False)
+            download.result()
+            await self.emit(command_id, "verifying", done=total, total=total)
+            await in_thread(self._verify, repo, sha)
+            async with self.lock:
+                self.store.mark_staged(repo, sha, total)
+            log.info("staged %s@%s (%s)", repo, sha[:12], _human(total))
+        if record.get("activate"):
+            await self._activate(command_id, repo, sha)
+        else:
+            await self.emit(command_id, "staged", done=total, total=total)
+
+    def _download(self, repo: str, sha: str, manifest: list[dict[str, Any]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        self.store.clean_incomplete(repo)
+        big = [entry for entry in manifest if int(entry.get("size") or 0) > PREFETCH_MIN and etag_of(entry)]
+        deadline = time.monotonic() + BUSY_RETRY_FOR
+        while True:
+            try:
+                if big:
+                    with ThreadPoolExecutor(max_workers=min(PREFETCH_WORKERS, len(big))) as pool:
+                        list(pool.map(lambda entry: self._prefetch(repo, sha, entry), big))
+                snapshot_download(repo, revision=sha, endpoint=self.mirror_url, token=self.secret,
+                                  cache_dir=self.store.cache, etag_timeout=30)
+                return
+            except HfHubHTTPError as exc:
+                response = getattr(exc, "response", None)
+                if getattr(response, "status_code", None) != 503 or time.monotonic() > deadline:
+                    raise CommandFailed(explain_download_error(exc, repo, sha)) from None
+                # The server is still fetching the file from upstream (nginx mode): wait and resume.
+                wait = _retry_after(response.headers.get("Retry-After"))
+                log.info("the mirror is still fetching %s@%s; retrying in %ds", repo, sha[:12], wait)
+                time.sleep(wait)
+            except Exception as exc:
+                raise CommandFailed(explain_download_error(exc, repo, sha)) from None
+
+    def _prefetch(self, repo: str, sha: str, entry: dict[str, Any]) -> None:
+        """Download one large file into the HF cache's blob folder, resuming a partial one with Range."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        final, partial = self.store.blob_paths(repo, etag_of(entry))
+        size = int(entry["size"])
+        if final.exists():
+            return
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        start = partial.stat().st_size if partial.exists() else 0
+        if start > size:
+            partial.unlink()
+            start = 0
+        if start:
+            log.info("resuming %s at %s of %s", entry["path"], _human(start), _human(size))
+        url = hf_hub_url(repo, entry["path"], revision=sha, endpoint=self.mirror_url)
+        with open(partial, "ab") as handle:
+            http_get(url, handle, resume_size=start, headers=build_hf_headers(token=self.secret),
+                     expected_size=size, displayed_filename=entry["path"])
+        os.replace(partial, final)
+
+    def _verify(self, repo: str, sha: str) -> None:
+        from huggingface_hub import HfApi
+
+        try:
+            result = HfApi(endpoint=self.mirror_url, token=self.secret).verify_repo_checksums(
+                repo, revision=sha, cache_dir=self.store.cache)
+        except Exception as exc:
+            raise CommandFailed(f"verification could not run: {explain_download_error(exc, repo, sha)}") from None
+        bad = [m["path"] for m in result.mismatches]
+        if bad or result.missing_paths:
+            self.store.discard_corrupt(repo, sha, bad)
+            detail = "; ".join(f"{m['path']} {m['algorithm']} mismatch (expected {m['expected'][:16]}…, got "
+                               f"{m['actual'][:16]}…)" for m in result.mismatches[:3])
+            if result.missing_paths:
+                detail += ("; " if detail else "") + f"missing: {', '.join(result.missing_paths[:5])}"
+            raise CommandFailed(f"verification failed, not staged: {detail}; the bad files were deleted, a new "
+                                "deploy downloads them again")
+
+    async def _activate(self, command_id: str, repo: str, sha: str) -> None:
+        async with self.lock:
+            if not self.store.is_staged(repo, sha):
+                raise CommandFailed(f"{repo}@{sha[:12]} is not staged on this node; deploy it first")
+            await self.emit(command_id, "activating")
+            self.store.activate(repo, sha)
+            removed = self.store.prune(repo, self.config.keep)
+        log.info("activated %s@%s%s", repo, sha[:12], f"; removed old {', '.join(s[:12] for s in removed)}"
+                 if removed else "")
+        size = int(self.store.state["versions"].get(f"{repo}@{sha}", {}).get("size") or 0)
+        await self.emit(command_id, "active", done=size, total=size)
+
+    async def _activate_cmd(self, command_id: str, record: dict[str, Any]) -> None:
+        await self._activate(command_id, record["repo"], record["sha"])
+
+    async def _rollback(self, command_id: str, record: dict[str, Any]) -> None:
+        previous = self.store.previous(record["repo"])
+        if previous is None:
+            raise CommandFailed(f"no previous version of {record['repo']} is kept on this node to roll back to")
+        self.store.put_command(command_id, sha=previous)
+        await self._activate(command_id, record["repo"], previous)
+
+    async def _remove(self, command_id: str, record: dict[str, Any]) -> None:
+        repo, sha = record["repo"], record["sha"]
+        async with self.lock:
+            if self.store.state["active"].get(repo) == sha:
+                raise CommandFailed(f"{repo}@{sha[:12]} is the active version; activate another one first")
+            freed = await in_thread(self.store.remove, repo, sha)
+        log.info("removed %s@%s (%s freed)", repo, sha[:12], _human(freed))
+        await self.emit(command_id, "removed")

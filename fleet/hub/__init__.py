@@ -1,0 +1,1 @@
+"""The model hub: pinned model versions, the content store, upstream sync, and the /hf mirror."""

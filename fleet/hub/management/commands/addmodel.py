@@ -1,0 +1,34 @@
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from fleet.hub import store, upstream
+from fleet.hub.catalog import CatalogError
+from fleet.hub.services import add_version, preview
+
+
+class Command(BaseCommand):
+    help = "Pin a model revision from the upstream hub (FLEET_HF_UPSTREAM) as a version; the engine syncs it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("repo", metavar="ORG/NAME")
+        parser.add_argument("--revision", default="main", help="branch, tag or 40-hex sha (default main)")
+        parser.add_argument("--allow", action="append", default=[], metavar="GLOB",
+                            help="files to keep (repeatable; default: safetensors, configs, tokenizer, template)")
+        parser.add_argument("--dry-run", action="store_true", help="only show what would be added")
+
+    def handle(self, *args, repo: str, revision: str, allow: list[str], dry_run: bool, **options) -> None:
+        token = ""  # FLEET_HF_TOKEN applies; per-model tokens are set in the web form (never on a command line)
+        try:
+            if dry_run:
+                resolved = preview(repo, revision, token, allow or None)
+                for entry in resolved.entries:
+                    self.stdout.write(f"  {store.human_size(entry.size):>10}  {entry.path}")
+                self.stdout.write(f"{repo}@{resolved.sha}: {len(resolved.entries)} files, "
+                                  f"{store.human_size(resolved.total_size)} (skipped {len(resolved.skipped)})")
+                return
+            version = add_version("addmodel", repo, revision, token, allow or None, sync_now=False)
+        except (CatalogError, upstream.UpstreamError) as error:
+            raise CommandError(f"{error.field}: {error.message}") from None
+        self.stdout.write(self.style.SUCCESS(
+            f"added {repo}@{version.sha} ({version.file_count} files, {store.human_size(version.total_size)}); "
+            f"{version.get_approval_display().lower()}; the engine fetches it, nodes may pull it through now"))
+        self.stdout.write(version.sha)

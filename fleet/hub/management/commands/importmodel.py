@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from fleet.hub import store
+from fleet.hub.catalog import CatalogError
+from fleet.hub.importer import import_folder
+
+
+class Command(BaseCommand):
+    help = "Import a local model folder (a carried-in disk, a save_pretrained output) as a pinned version."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("path", help="the folder holding config.json, *.safetensors, tokenizer files ...")
+        parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="repo id nodes will ask for")
+        parser.add_argument("--revision", required=True, metavar="NAME", help="revision name, e.g. main or v1")
+        parser.add_argument("--allow", action="append", default=[], metavar="GLOB",
+                            help="only import matching files (repeatable; default: everything)")
+
+    def handle(self, *args, path: str, repo: str, revision: str, allow: list[str], **options) -> None:
+        try:
+            version, created = import_folder("importmodel", Path(path).expanduser(), repo, revision, allow or None)
+        except CatalogError as error:
+            raise CommandError(f"{error.field}: {error.message}") from None
+        except (store.StoreError, OSError) as error:
+            raise CommandError(str(error)) from None
+        size = store.human_size(version.total_size)
+        if created:
+            self.stdout.write(self.style.SUCCESS(
+                f"imported {repo}@{version.sha} (revision {revision}): {version.file_count} files, {size}"))
+        else:
+            self.stdout.write(f"already imported as {repo}@{version.sha} (revision {version.revision!r}); "
+                              "nothing changed")
+        self.stdout.write(version.sha)

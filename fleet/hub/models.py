@@ -1,0 +1,265 @@
+"""Pinned model versions, the blobs they are made of, and what each node holds.
+
+A ModelVersion is immutable once created: a repo at one 40-hex commit with a fixed file manifest. Its
+files point at content-addressed Blobs (sha256 for LFS files, the git blob sha1 for small ones: that is
+the digest upstream announces before the bytes arrive), each stored once however many versions share it.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from fleet.inventory.models import Node
+
+
+class SourceKind(models.TextChoices):
+    UPSTREAM = "upstream", "Upstream hub"
+    IMPORT = "import", "Imported folder"
+
+
+class HubModel(models.Model):
+    """A repository known to Fleet (``org/name``), where it comes from and how to authenticate there."""
+
+    repo_id = models.CharField(max_length=96, unique=True)
+    upstream = models.CharField(max_length=300, blank=True, help_text="Endpoint it was resolved against.")
+    token_encrypted = models.TextField(blank=True, help_text="Per-model upstream token (Fernet); never shown.")
+    allow_patterns = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["repo_id"]
+
+    def __str__(self) -> str:
+        return self.repo_id
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self.token_encrypted)
+
+
+class ApprovalState(models.TextChoices):
+    PENDING = "pending", "Awaiting approval"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+    @property
+    def colour(self) -> str:
+        return {"pending": "amber", "approved": "green", "rejected": "red"}[self.value]
+
+
+class SyncState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SYNCING = "syncing", "Syncing"
+    SYNCED = "synced", "Synced"
+    FAILED = "failed", "Failed"
+
+    @property
+    def colour(self) -> str:
+        return {"queued": "grey", "syncing": "amber", "synced": "green", "failed": "red"}[self.value]
+
+
+class ModelVersion(models.Model):
+    model = models.ForeignKey(HubModel, on_delete=models.CASCADE, related_name="versions")
+    revision = models.CharField(max_length=255, help_text="The branch, tag or sha it was added by.")
+    sha = models.CharField(max_length=40)
+    source = models.CharField(max_length=16, choices=SourceKind.choices, default=SourceKind.UPSTREAM)
+    total_size = models.BigIntegerField(default=0)
+    file_count = models.PositiveIntegerField(default=0)
+    approval = models.CharField(max_length=16, choices=ApprovalState.choices, default=ApprovalState.APPROVED)
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    approved_at = models.DateTimeField(null=True, blank=True)
+    sync_state = models.CharField(max_length=16, choices=SyncState.choices, default=SyncState.QUEUED)
+    sync_error = models.CharField(max_length=500, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model__repo_id", "-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["model", "sha"], name="hub_version_unique_sha")]
+
+    def __str__(self) -> str:
+        return f"{self.model.repo_id}@{self.sha[:12]}"
+
+    @property
+    def approval_colour(self) -> str:
+        return ApprovalState(self.approval).colour
+
+    @property
+    def sync_colour(self) -> str:
+        return SyncState(self.sync_state).colour
+
+    @property
+    def synced(self) -> bool:
+        return self.sync_state == SyncState.SYNCED
+
+    @property
+    def servable(self) -> bool:
+        return self.approval == ApprovalState.APPROVED
+
+
+class BlobState(models.TextChoices):
+    MISSING = "missing", "Missing"
+    DOWNLOADING = "downloading", "Downloading"
+    PRESENT = "present", "Present"
+    FAILED = "failed", "Failed"
+
+    @property
+    def colour(self) -> str:
+        return {"missing": "grey", "downloading": "amber", "present": "green", "failed": "red"}[self.value]
+
+
+class Blob(models.Model):
+    """One stored file body. ``claim_token``/``lease_until`` make sure only one process downloads it."""
+
+    digest = models.CharField(max_length=64, unique=True)
+    size = models.BigIntegerField()
+    state = models.CharField(max_length=16, choices=BlobState.choices, default=BlobState.MISSING, db_index=True)
+    bytes_done = models.BigIntegerField(default=0)
+    claim_token = models.CharField(max_length=32, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"blob {self.digest[:12]}"
+
+    @property
+    def algorithm(self) -> str:
+        return "sha256" if len(self.digest) == 64 else "git-sha1"
+
+
+class VersionFile(models.Model):
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=1000)
+    size = models.BigIntegerField()
+    oid = models.CharField(max_length=40, help_text="git blob sha1 (of the LFS pointer for LFS files)")
+    lfs_sha256 = models.CharField(max_length=64, blank=True)
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="files")
+
+    class Meta:
+        ordering = ["path"]
+        constraints = [models.UniqueConstraint(fields=["version", "path"], name="hub_file_unique_path")]
+
+    def __str__(self) -> str:
+        return self.path
+
+    @property
+    def etag(self) -> str:
+        return self.lfs_sha256 or self.oid
+
+    def manifest_entry(self) -> dict:
+        entry: dict = {"path": self.path, "size": self.size, "oid": self.oid}
+        if self.lfs_sha256:
+            entry["lfs"] = {"sha256": self.lfs_sha256, "size": self.size}
+        return entry
+
+
+# ---- what nodes hold and what they were told ----------------------------------------------------------
+
+
+class CommandKind(models.TextChoices):
+    DEPLOY = "deploy", "Deploy"
+    ACTIVATE = "activate", "Activate"
+    REMOVE = "remove", "Remove"
+    ROLLBACK = "rollback", "Roll back"
+
+
+class CommandState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    DOWNLOADING = "downloading", "Downloading"
+    VERIFYING = "verifying", "Verifying"
+    STAGED = "staged", "Staged"
+    ACTIVATING = "activating", "Activating"
+    ACTIVE = "active", "Active"
+    REMOVED = "removed", "Removed"
+    FAILED = "failed", "Failed"
+
+    @property
+    def colour(self) -> str:
+        return {"staged": "green", "active": "green", "removed": "grey", "failed": "red",
+                "pending": "grey", "sent": "grey"}.get(self.value, "amber")
+
+
+TERMINAL_COMMAND_STATES = {CommandState.ACTIVE, CommandState.REMOVED, CommandState.FAILED}
+
+
+class NodeCommand(models.Model):
+    """A command for one node's agent: written first, sent after commit, re-sent until it finishes."""
+
+    command_id = models.CharField(max_length=64, unique=True)
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="hub_commands")
+    kind = models.CharField(max_length=16, choices=CommandKind.choices)
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="commands")
+    repo = models.CharField(max_length=96)
+    sha = models.CharField(max_length=40, blank=True)
+    activate = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=CommandState.choices, default=CommandState.PENDING)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["node", "finished_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.repo}@{self.sha[:12]} on node {self.node_id}"
+
+    @property
+    def state_colour(self) -> str:
+        return CommandState(self.state).colour
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.bytes_done / self.bytes_total) if self.bytes_total else 0
+
+
+class InstallState(models.TextChoices):
+    STAGED = "staged", "Staged"
+    ACTIVE = "active", "Active"
+
+    @property
+    def colour(self) -> str:
+        return {"staged": "grey", "active": "green"}[self.value]
+
+
+class NodeInstall(models.Model):
+    """A version a node reports holding (from its hello and command results)."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="hub_installs")
+    repo = models.CharField(max_length=96)
+    sha = models.CharField(max_length=40)
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="installs")
+    state = models.CharField(max_length=16, choices=InstallState.choices, default=InstallState.STAGED)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["repo", "-updated_at"]
+        constraints = [models.UniqueConstraint(fields=["node", "repo", "sha"], name="hub_install_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.repo}@{self.sha[:12]} {self.state} on node {self.node_id}"
+
+    @property
+    def state_colour(self) -> str:
+        return InstallState(self.state).colour

@@ -1,0 +1,157 @@
+"""`/metrics`: Prometheus text format. GPU series under the DCGM exporter's names, labels and units
+(Grafana dashboard 12239 works unchanged), plus ``fleet_*`` control-plane series in base units.
+
+Access: ``Authorization: Bearer <API key with the metrics scope>``, or a scraper address in
+FLEET_METRICS_ALLOW. Values come from the telemetry store, so any server process answers for the
+whole fleet (Redis in production).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_safe
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from fleet.accounts.apikeys import authenticate_api_key
+from fleet.agents.auth import parse_bearer
+from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
+from fleet.lib.cidrs import address_allowed
+from fleet.telemetry.models import Alert, AlertSeverity
+from fleet.telemetry.store import get_store
+
+MIB = 1024 * 1024
+LABELS = ["gpu", "UUID", "modelName", "Hostname"]
+# (DCGM name, help, sample field, scale to DCGM's unit)
+DCGM_FIELDS: list[tuple[str, str, str, float]] = [
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "utilization_gpu", 1),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", "utilization_memory", 1),
+    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", "memory_used_bytes", 1 / MIB),
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", "temperature_c", 1),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", "power_w", 1),
+    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", "sm_clock_mhz", 1),
+    ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", "mem_clock_mhz", 1),
+    ("DCGM_FI_DEV_FAN_SPEED", "Fan speed (in %).", "fan_percent", 1),
+    ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", "energy_j", 1000),
+    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "Total number of single-bit volatile ECC errors.", "ecc_corrected", 1),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.", "ecc_uncorrected", 1),
+    ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", "last_xid", 1),
+]
+
+
+def stale_after() -> float:
+    """Latest values older than this are not exported (the node stopped reporting)."""
+    return max(30.0, 2 * settings.FLEET_OFFLINE_AFTER)
+
+
+class FleetCollector:
+    """A prometheus_client collector built per scrape from the database and the telemetry store.
+    ``names`` (``?name[]=…``, as prometheus_client's own exposition) limits it to those families."""
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        self.names = set(names or ())
+
+    def collect(self) -> Iterator[Metric]:
+        store = get_store()
+        counters = store.counters()
+        nodes = {n["id"]: n for n in Node.objects.values("id", "name", "hostname", "status", "last_seen")}
+        families: Iterator[Metric] = self._fleet(nodes, counters)
+        if not self.names or any(name.startswith("DCGM_") for name in self.names):
+            latest = store.latest_all()
+            models = {(g["node_id"], g["uuid"]): g["name"] for g in Gpu.objects.values("node_id", "uuid", "name")}
+            families = itertools.chain(self._dcgm(latest, nodes, models), families)
+        for family in families:
+            if not self.names or family.name in self.names or f"{family.name}_total" in self.names:
+                yield family
+
+    def _dcgm(self, latest: dict[int, dict[str, Any]], nodes: dict[int, dict], models: dict) -> Iterator[Metric]:
+        families = {name: GaugeMetricFamily(name, text, labels=LABELS) for name, text, _, _ in DCGM_FIELDS}
+        free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=LABELS)
+        cutoff = time.time() - stale_after()
+        for node_id in sorted(latest):
+            frame, node = latest[node_id], nodes.get(node_id)
+            if node is None or frame.get("ts", 0) < cutoff:
+                continue
+            hostname = node["hostname"] or node["name"]
+            for gpu in frame.get("gpus", []):
+                if gpu.get("lost"):
+                    continue  # DCGM stops exporting a GPU it cannot read
+                labels = [str(gpu["index"]), gpu["uuid"], models.get((node_id, gpu["uuid"]), ""), hostname]
+                for name, _, field, scale in DCGM_FIELDS:
+                    value = gpu.get(field)
+                    if value is not None:
+                        families[name].add_metric(labels, value * scale)
+                used, total = gpu.get("memory_used_bytes"), gpu.get("memory_total_bytes")
+                if used is not None and total is not None:
+                    free.add_metric(labels, max(0, total - used) / MIB)
+        yield from families.values()
+        yield free
+
+    def _fleet(self, nodes: dict[int, dict], counters: dict[str, float]) -> Iterator[Metric]:
+        by_status = GaugeMetricFamily("fleet_nodes", "Enrolled nodes by status.", labels=["status"])
+        counts = {status: 0 for status in NodeStatus.values}
+        for node in nodes.values():
+            counts[node["status"]] = counts.get(node["status"], 0) + 1
+        for status, count in counts.items():
+            by_status.add_metric([status], count)
+        yield by_status
+        seen = GaugeMetricFamily("fleet_node_last_seen_timestamp_seconds",
+                                 "Unix time of the last frame from the node's agent.", labels=["node"])
+        for node in sorted(nodes.values(), key=lambda n: n["name"]):
+            if node["last_seen"] is not None:
+                seen.add_metric([node["name"]], node["last_seen"].timestamp())
+        yield seen
+        gpus = GaugeMetricFamily("fleet_gpus", "GPUs known to the inventory by state.", labels=["state"])
+        gpu_counts = dict(Gpu.objects.values_list("state").annotate(n=Count("id")).order_by())
+        for state in GpuState.values:
+            gpus.add_metric([state], gpu_counts.get(state, 0))
+        yield gpus
+        alerts = GaugeMetricFamily("fleet_alerts_open", "Open alerts by severity.", labels=["severity"])
+        open_counts = dict(Alert.objects.filter(resolved_at__isnull=True).values_list("severity")
+                           .annotate(n=Count("id")).order_by())
+        for severity in AlertSeverity.values:
+            alerts.add_metric([severity], open_counts.get(severity, 0))
+        yield alerts
+        yield GaugeMetricFamily("fleet_agent_connections", "Agent websocket connections open (all server processes).",
+                                value=counters.get("connections", 0))
+        for name, key, text in (
+            ("fleet_telemetry_frames", "frames", "Metrics frames accepted."),
+            ("fleet_telemetry_catchup_points", "points", "Buffered samples accepted in catch-up batches."),
+            ("fleet_telemetry_received_bytes", "bytes", "Bytes of accepted metrics frames."),
+            ("fleet_telemetry_frames_dropped", "dropped", "Agent frames dropped over a frame-rate budget."),
+            ("fleet_telemetry_frames_rejected", "rejected", "Metrics frames refused as too large."),
+        ):
+            yield CounterMetricFamily(name, text, value=counters.get(key, 0))
+
+
+def _authorized(request: HttpRequest) -> bool:
+    key = parse_bearer(request.headers.get("Authorization", ""))
+    if key:
+        return authenticate_api_key(key, "metrics") is not None
+    return address_allowed(request.META.get("REMOTE_ADDR"), settings.FLEET_METRICS_ALLOW)
+
+
+@require_safe
+def metrics(request: HttpRequest) -> HttpResponse:
+    if not _authorized(request):
+        response = HttpResponse(
+            "401 Unauthorized: send 'Authorization: Bearer <API key with the metrics scope>' "
+            "(python manage.py createapikey --user U --scope metrics), or scrape from an address in "
+            "FLEET_METRICS_ALLOW.\n",
+            status=401, content_type="text/plain; charset=utf-8",
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="fleet-metrics"'
+        return response
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(request.GET.getlist("name[]")))
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+metrics.public = True  # authenticated by API key or address, not by session: see _authorized

@@ -1,0 +1,91 @@
+"""The timer behind ingest: every FLUSH_INTERVAL it measures event-loop lag (load shedding), closes
+finished minutes, copies changed nodes to Redis in one pipeline (production), and hands rollups and
+alerts to one thread hop for the database (never more than one in flight)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from fleet.telemetry import records
+from fleet.telemetry.limits import Shedder
+from fleet.telemetry.live import hub
+from fleet.telemetry.store import get_store
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.5
+DB_INTERVAL = 2.0
+
+_flushers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+shedder: Shedder | None = None
+
+
+def get_shedder() -> Shedder:
+    global shedder
+    if shedder is None:
+        shedder = Shedder(settings.FLEET_TELEMETRY_SHED_LAG)
+    return shedder
+
+
+def metrics_interval() -> float:
+    """The interval agents are told now: the configured one, longer while this process sheds load."""
+    return get_shedder().interval(settings.FLEET_METRICS_INTERVAL)
+
+
+def ensure_flusher() -> None:
+    """One flusher per event loop, started by the first agent connection."""
+    hub.temp_threshold = settings.FLEET_GPU_TEMP_ALERT_C
+    loop = asyncio.get_running_loop()
+    task = _flushers.get(loop)
+    if task is None or task.done():
+        _flushers[loop] = loop.create_task(_flush_forever())
+
+
+def write_db(rollups: list[dict], alerts: list[dict], seen: list[int] | None = None) -> None:
+    """One thread hop's worth of writes; each part fails on its own (logged), the others still land."""
+    for what, write, items in (("last_seen", records.mark_seen, seen), ("rollups", records.write_rollups, rollups),
+                               ("alerts", records.record_alerts, alerts)):
+        if not items:
+            continue
+        try:
+            write(items)
+        except Exception:
+            log.exception("writing %d %s failed; dropped", len(items), what)
+
+
+async def _flush_forever() -> None:
+    loop = asyncio.get_running_loop()
+    store = get_store()
+    shed = get_shedder()
+    writer: asyncio.Task | None = None
+    last_db = last_seen = 0.0
+    while True:
+        started = loop.time()
+        await asyncio.sleep(FLUSH_INTERVAL)
+        lag = loop.time() - started - FLUSH_INTERVAL
+        if shed.observe(lag):
+            log.warning("telemetry: event loop lag %.2fs; agents now asked for metrics every %gs",
+                        lag, metrics_interval())
+        try:
+            now = time.time()
+            hub.finish_stale(now)
+            if store.shared:
+                await store.push(hub)
+            else:
+                hub.dirty.clear()
+            seen_due = hub.seen and now - last_seen >= settings.FLEET_HEARTBEAT_INTERVAL
+            db_due = (hub.rollups or hub.alerts) and now - last_db >= DB_INTERVAL
+            if (seen_due or db_due) and (writer is None or writer.done()):
+                last_db = now
+                seen: list[int] = []
+                if seen_due:
+                    last_seen, seen, hub.seen = now, list(hub.seen), set()
+                rollups, alerts = hub.take()
+                writer = asyncio.create_task(database_sync_to_async(write_db)(rollups, alerts, seen))
+        except Exception:
+            log.exception("telemetry flush failed; retrying")

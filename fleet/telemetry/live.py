@@ -1,0 +1,327 @@
+"""The in-process live state of the nodes whose agents are connected to this server process.
+
+``ingest`` runs on the event loop for every metrics frame: no ORM, no thread hop, no channel-layer
+send; it only updates memory (latest frame, 15-minute window, the running minute per GPU) and notes
+alerts. The flusher (fleet/telemetry/flusher.py) turns that into rollup rows, alert rows and, in
+production, the shared Redis copy on a timer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.agent.protocol import GpuSample, Metrics, MetricsBatch
+
+WINDOW_SECONDS = 15 * 60
+WINDOW_MAX_POINTS = 1800  # also capped by count: an agent on a 0.5 s interval fills 15 min
+MIB = 1024 * 1024
+# XIDs caused by applications (illegal address, page faults in user code, ...), not by the hardware.
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 92, 94, 95, 119, 120})
+XID_REPEAT_SECONDS = 60.0  # the same XID on the same GPU within this counts into one alert
+MAX_PENDING_ALERTS = 1000
+TEMP_CLEAR_MARGIN = 5.0
+
+
+def minute_of(ts: float) -> int:
+    return int(ts // 60) * 60
+
+
+class Stat:
+    """min / sum / max / count of one metric over one minute."""
+
+    __slots__ = ("n", "total", "low", "high")
+
+    def __init__(self) -> None:
+        self.n, self.total, self.low, self.high = 0, 0.0, math.inf, -math.inf
+
+    def add(self, value: float | None) -> None:
+        if value is None:
+            return
+        self.n += 1
+        self.total += value
+        if value < self.low:
+            self.low = value
+        if value > self.high:
+            self.high = value
+
+    def result(self) -> tuple[float | None, float | None, float | None]:
+        if not self.n:
+            return None, None, None
+        return self.low, self.total / self.n, self.high
+
+
+class GpuMinute:
+    __slots__ = ("minute", "index", "uuid", "samples", "util", "mem", "temp", "power", "mem_total",
+                 "energy_first", "energy_last")
+
+    def __init__(self, minute: int, index: int, uuid: str) -> None:
+        self.minute, self.index, self.uuid, self.samples = minute, index, uuid, 0
+        self.util, self.mem, self.temp, self.power = Stat(), Stat(), Stat(), Stat()
+        self.mem_total: int | None = None
+        self.energy_first: float | None = None
+        self.energy_last: float | None = None
+
+    def add(self, gpu: GpuSample) -> None:
+        self.samples += 1
+        self.util.add(gpu.utilization_gpu)
+        self.mem.add(gpu.memory_used_bytes)
+        self.temp.add(gpu.temperature_c)
+        self.power.add(gpu.power_w)
+        if gpu.memory_total_bytes is not None:
+            self.mem_total = gpu.memory_total_bytes
+        if gpu.energy_j is not None:
+            if self.energy_first is None:
+                self.energy_first = gpu.energy_j
+            self.energy_last = gpu.energy_j
+
+    def row(self, node_id: int, energy_before: float | None) -> dict[str, Any]:
+        """The rollup as model field values; energy is the counter delta since the previous minute's
+        last reading when there is one (so no joule falls between two minutes)."""
+        start = energy_before if energy_before is not None else self.energy_first
+        energy = None
+        if start is not None and self.energy_last is not None and self.energy_last >= start:
+            energy = self.energy_last - start
+        mem = self.mem.result()
+        return {
+            "node_id": node_id, "gpu_index": self.index, "gpu_uuid": self.uuid, "minute": self.minute,
+            "samples": self.samples,
+            **dict(zip(("util_min", "util_avg", "util_max"), self.util.result(), strict=True)),
+            **dict(zip(("mem_used_min", "mem_used_avg", "mem_used_max"),
+                       (None if v is None else int(v) for v in mem), strict=True)),
+            "mem_total": self.mem_total,
+            **dict(zip(("temp_min", "temp_avg", "temp_max"), self.temp.result(), strict=True)),
+            **dict(zip(("power_min", "power_avg", "power_max"), self.power.result(), strict=True)),
+            "energy_j": energy,
+        }
+
+
+@dataclass
+class NodeLive:
+    node_id: int
+    seq: int = 0
+    ts: float = 0.0  # server time of the latest frame
+    latest: Metrics | None = None
+    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW_MAX_POINTS))  # point() tuples
+    unflushed: list = field(default_factory=list)  # window points not yet copied to Redis
+    minutes: dict[str, GpuMinute] = field(default_factory=dict)  # by GPU uuid
+    energy_last: dict[str, float] = field(default_factory=dict)  # last reading of the finished minute
+    lost: set[str] = field(default_factory=set)
+    hot: set[str] = field(default_factory=set)
+    ecc: dict[str, int] = field(default_factory=dict)
+    xid_seen: dict[tuple[str, int], float] = field(default_factory=dict)
+    last_xid: dict[str, int] = field(default_factory=dict)  # DCGM_FI_DEV_XID_ERRORS: the last XID per GPU
+    _json_seq: int = -1
+    _json: str = ""
+
+    def latest_json(self) -> str:
+        """The latest frame as the browser and /metrics see it (serialised once per new frame)."""
+        if self._json_seq != self.seq and self.latest is not None:
+            body = self.latest.model_dump(exclude_none=True, exclude={"type", "v"})
+            body["agent_ts"] = body.pop("ts")
+            for gpu in body["gpus"]:
+                if gpu["uuid"] in self.last_xid:
+                    gpu["last_xid"] = self.last_xid[gpu["uuid"]]
+            body.update(ts=self.ts, seq=self.seq, node=self.node_id)
+            self._json, self._json_seq = json.dumps(body, separators=(",", ":")), self.seq
+        return self._json
+
+    def heat(self) -> list[list[Any]]:
+        """Per GPU [index, util %, memory %, temperature] for the fleet heatmap (None when unknown)."""
+        cells = []
+        for gpu in self.latest.gpus if self.latest else ():
+            mem = None
+            if gpu.memory_used_bytes is not None and gpu.memory_total_bytes:
+                mem = round(100 * gpu.memory_used_bytes / gpu.memory_total_bytes, 1)
+            cells.append([gpu.index, None if gpu.lost else gpu.utilization_gpu, mem, gpu.temperature_c,
+                          1 if gpu.lost else 0])
+        return cells
+
+
+def point(ts: float, gpus: list[GpuSample]) -> tuple:
+    """One window point, kept as tuples (serialised only when read): (ts, ((index, util, memory MiB,
+    temperature, power), ...))."""
+    return ts, tuple((g.index, g.utilization_gpu, None if g.memory_used_bytes is None else g.memory_used_bytes // MIB,
+                      g.temperature_c, g.power_w) for g in gpus)
+
+
+def points_json(points) -> str:
+    """Window points as the JSON array browsers read: [[ts, [[index, util, MiB, °C, W], ...]], ...]."""
+    return json.dumps(list(points), separators=(",", ":"))
+
+
+class Hub:
+    """All live telemetry of this process. One instance per process (``hub``)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, NodeLive] = {}
+        self.dirty: set[int] = set()
+        self.seen: set[int] = set()  # nodes heard from since last_seen was last written (one UPDATE for all)
+        self.rollups: list[dict[str, Any]] = []  # finished minutes waiting for bulk_create
+        self.alerts: list[dict[str, Any]] = []  # derived alerts waiting for the DB writer
+        self.seq = 0  # bumps on every accepted frame: "something changed" for fleet-wide readers
+        self.temp_threshold = 85.0
+        self.connections = 0
+        self._stale_due = 0.0
+        self.counters = {"frames": 0, "points": 0, "bytes": 0, "dropped": 0, "rejected": 0, "alerts_dropped": 0}
+
+    def node(self, node_id: int) -> NodeLive:
+        live = self.nodes.get(node_id)
+        if live is None:
+            live = self.nodes[node_id] = NodeLive(node_id)
+        return live
+
+    # ---- ingest (event loop, per frame) -------------------------------------------------------------
+
+    def ingest(self, node_id: int, frame: Metrics, size: int = 0, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        live = self.node(node_id)
+        self._fold(live, now, frame.gpus)
+        live.latest, live.ts = frame, now
+        live.seq += 1
+        self.seq += 1
+        self.dirty.add(node_id)
+        self.seen.add(node_id)
+        self.counters["frames"] += 1
+        self.counters["bytes"] += size
+
+    def ingest_batch(self, node_id: int, batch: MetricsBatch, size: int = 0, now: float | None = None) -> None:
+        """A catch-up after a reconnect: agent times are mapped onto the server clock (``sent`` ↔ now);
+        points older than the window or not after what we already hold are skipped."""
+        now = time.time() if now is None else now
+        live = self.node(node_id)
+        skew = now - batch.sent
+        newest = live.window[-1][0] if live.window else 0.0
+        for point in sorted(batch.points, key=lambda p: p.ts):
+            ts = point.ts + skew
+            if ts <= newest or ts < now - WINDOW_SECONDS or ts > now:
+                continue
+            self._fold(live, ts, point.gpus)
+            newest = ts
+            self.counters["points"] += 1
+        live.seq += 1
+        self.seq += 1
+        self.dirty.add(node_id)
+        self.seen.add(node_id)
+        self.counters["bytes"] += size
+
+    def _fold(self, live: NodeLive, ts: float, gpus: list[GpuSample]) -> None:
+        ts = round(ts, 3)  # the precision points carry: readers filter on the value they saw
+        sample = point(ts, gpus)
+        live.window.append(sample)
+        live.unflushed.append(sample)
+        if len(live.unflushed) > WINDOW_MAX_POINTS:
+            del live.unflushed[: -WINDOW_MAX_POINTS]
+        while live.window and live.window[0][0] < ts - WINDOW_SECONDS:
+            live.window.popleft()
+        minute = minute_of(ts)
+        for gpu in gpus:
+            self._alerts_for(live, ts, gpu)
+            if gpu.lost:
+                continue
+            acc = live.minutes.get(gpu.uuid)
+            if acc is not None and acc.minute != minute:
+                if minute < acc.minute:
+                    continue  # a late sample of a finished minute: the rollup is already on its way
+                self._finish(live, acc)
+                acc = None
+            if acc is None:
+                acc = live.minutes[gpu.uuid] = GpuMinute(minute, gpu.index, gpu.uuid)
+            acc.add(gpu)
+
+    def _finish(self, live: NodeLive, acc: GpuMinute) -> None:
+        self.rollups.append(acc.row(live.node_id, live.energy_last.get(acc.uuid)))
+        if acc.energy_last is not None:
+            live.energy_last[acc.uuid] = acc.energy_last
+        live.minutes.pop(acc.uuid, None)
+
+    def finish_stale(self, now: float, grace: float = 5.0) -> None:
+        """Close minutes that ended ``grace`` seconds ago (the agent stopped sending, or went quiet)."""
+        if now < self._stale_due:
+            return  # nothing can have gone stale since the last scan
+        self._stale_due = minute_of(now) + 60 + grace
+        cutoff = minute_of(now - grace)
+        for live in self.nodes.values():
+            for acc in [acc for acc in live.minutes.values() if acc.minute < cutoff]:
+                self._finish(live, acc)
+
+    # ---- alerts ------------------------------------------------------------------------------------
+
+    def _alert(self, live: NodeLive, gpu: GpuSample, kind: str, severity: str, message: str,
+               code: int | None = None, resolve: bool = False) -> None:
+        if len(self.alerts) >= MAX_PENDING_ALERTS:
+            self.counters["alerts_dropped"] += 1
+            return
+        self.alerts.append({"node_id": live.node_id, "kind": kind, "severity": severity, "gpu_index": gpu.index,
+                            "gpu_uuid": gpu.uuid, "code": code, "message": message[:300], "resolve": resolve})
+
+    def _alerts_for(self, live: NodeLive, ts: float, gpu: GpuSample) -> None:
+        uuid = gpu.uuid
+        if gpu.lost != (uuid in live.lost):
+            if gpu.lost:
+                live.lost.add(uuid)
+                message = f"GPU {gpu.index} ({uuid}) is lost: NVML cannot reach it"
+                self._alert(live, gpu, "gpu_lost", "critical", message)
+            else:
+                live.lost.discard(uuid)
+                self._alert(live, gpu, "gpu_lost", "critical", "", resolve=True)
+        for xid in gpu.xids:
+            live.last_xid[uuid] = xid
+            if xid in APPLICATION_XIDS:
+                continue
+            last = live.xid_seen.get((uuid, xid))
+            live.xid_seen[(uuid, xid)] = ts
+            if last is not None and ts - last < XID_REPEAT_SECONDS:
+                continue
+            severity = "critical" if xid in CRITICAL_XIDS else "warning"
+            self._alert(live, gpu, "xid", severity, f"GPU {gpu.index} reported XID {xid}", code=xid)
+        if gpu.ecc_uncorrected is not None:
+            before = live.ecc.get(uuid, 0)
+            if gpu.ecc_uncorrected > before:
+                self._alert(live, gpu, "ecc_uncorrected", "critical",
+                            f"GPU {gpu.index}: {gpu.ecc_uncorrected} uncorrected ECC error(s) (volatile)")
+            live.ecc[uuid] = gpu.ecc_uncorrected
+        temp = gpu.temperature_c
+        if temp is not None:
+            if temp >= self.temp_threshold and uuid not in live.hot:
+                live.hot.add(uuid)
+                self._alert(live, gpu, "overheat", "warning",
+                            f"GPU {gpu.index} at {temp:g} °C (threshold {self.temp_threshold:g} °C)")
+            elif temp < self.temp_threshold - TEMP_CLEAR_MARGIN and uuid in live.hot:
+                live.hot.discard(uuid)
+                self._alert(live, gpu, "overheat", "warning", "", resolve=True)
+
+    # ---- reads -------------------------------------------------------------------------------------
+
+    def window_json(self, node_id: int, since: float = 0.0) -> str:
+        live = self.nodes.get(node_id)
+        if live is None:
+            return "[]"
+        if not since:
+            return points_json(live.window)
+        recent = []
+        for sample in reversed(live.window):  # newest first: a browser asks for the last second or so
+            if sample[0] <= since:
+                break
+            recent.append(sample)
+        return points_json(reversed(recent))
+
+    def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        rollups, alerts = self.rollups, self.alerts
+        self.rollups, self.alerts = [], []
+        return rollups, alerts
+
+    def forget(self, node_id: int) -> None:
+        """Drop a node's state (deleted node). Finished minutes are kept for the writer."""
+        live = self.nodes.pop(node_id, None)
+        if live is not None:
+            for acc in list(live.minutes.values()):
+                self._finish(live, acc)
+
+
+hub = Hub()

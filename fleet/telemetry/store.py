@@ -1,0 +1,181 @@
+"""Where browsers and /metrics read live telemetry: this process's hub (embedded default) or the shared
+Redis copy that every server process writes in batches (production, REDIS_URL set).
+
+Redis layout (prefix = FLEET_CHANNEL_PREFIX): ``tel:latest`` and ``tel:heat`` hashes (node id → JSON),
+``tel:win:<id>`` lists of window points, ``tel:seq`` (bumped per flush), ``tel:proc:<id>`` counters
+per server process (expire when the process stops refreshing them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+from django.conf import settings
+
+from fleet.lib.env import env_str
+from fleet.telemetry.live import WINDOW_MAX_POINTS, WINDOW_SECONDS, Hub, hub
+
+PROCESS_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+PROC_TTL = 30
+COUNTER_KEYS = ("frames", "points", "bytes", "dropped", "rejected", "alerts_dropped", "connections")
+
+
+def _point_ts(point: str) -> float:
+    return float(point[1:point.index(",")])
+
+
+class LocalStore:
+    shared = False
+
+    def __init__(self, source: Hub = hub) -> None:
+        self.hub = source
+
+    async def seq(self) -> int:
+        return self.hub.seq
+
+    async def latest(self, node_ids: list[int]) -> dict[int, str]:
+        return {nid: self.hub.nodes[nid].latest_json() for nid in node_ids
+                if nid in self.hub.nodes and self.hub.nodes[nid].latest is not None}
+
+    async def points(self, node_id: int, since: float = 0.0) -> str:
+        return self.hub.window_json(node_id, since)
+
+    async def heat(self) -> dict[int, str]:
+        return {nid: json.dumps(live.heat(), separators=(",", ":")) for nid, live in self.hub.nodes.items()
+                if live.latest is not None}
+
+    def latest_all(self) -> dict[int, dict[str, Any]]:
+        return {nid: json.loads(live.latest_json()) for nid, live in self.hub.nodes.items() if live.latest is not None}
+
+    def snapshot(self, node_id: int) -> tuple[str | None, str]:
+        """(latest JSON or None, window JSON) of one node, for a page's first paint."""
+        live = self.hub.nodes.get(node_id)
+        if live is None or live.latest is None:
+            return None, "[]"
+        return live.latest_json(), self.hub.window_json(node_id)
+
+    def heat_all(self) -> dict[int, str]:
+        return {nid: json.dumps(live.heat(), separators=(",", ":")) for nid, live in self.hub.nodes.items()
+                if live.latest is not None}
+
+    def counters(self) -> dict[str, float]:
+        return {**self.hub.counters, "connections": self.hub.connections}
+
+
+class RedisStore:
+    shared = True
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = f"{prefix}:tel"
+        self._async: Any = None
+        self._sync: Any = None
+
+    def key(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    @property
+    def aio(self):
+        import redis.asyncio
+
+        if self._async is None:
+            self._async = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+        return self._async
+
+    @property
+    def sync(self):
+        import redis
+
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+        return self._sync
+
+    # ---- writer (the flusher of the process that holds the agent connections) ----------------------
+
+    async def push(self, source: Hub) -> None:
+        dirty, source.dirty = source.dirty, set()
+        pipe = self.aio.pipeline(transaction=False)
+        latest, heat = {}, {}
+        for nid in dirty:
+            live = source.nodes.get(nid)
+            if live is None or live.latest is None:
+                continue
+            latest[nid] = live.latest_json()
+            heat[nid] = json.dumps(live.heat(), separators=(",", ":"))
+            if live.unflushed:
+                key = self.key("win", nid)
+                pipe.rpush(key, *[json.dumps(p, separators=(",", ":")) for p in live.unflushed])
+                pipe.ltrim(key, -WINDOW_MAX_POINTS, -1)
+                pipe.expire(key, WINDOW_SECONDS)
+                live.unflushed = []
+        if latest:
+            pipe.hset(self.key("latest"), mapping=latest)
+            pipe.hset(self.key("heat"), mapping=heat)
+            pipe.incr(self.key("seq"))
+        counters = {**source.counters, "connections": source.connections}
+        pipe.hset(self.key("proc", PROCESS_ID), mapping=counters)
+        pipe.expire(self.key("proc", PROCESS_ID), PROC_TTL)
+        pipe.sadd(self.key("procs"), PROCESS_ID)
+        await pipe.execute()
+
+    # ---- readers (any process) ---------------------------------------------------------------------
+
+    async def seq(self) -> int:
+        return int(await self.aio.get(self.key("seq")) or 0)
+
+    async def latest(self, node_ids: list[int]) -> dict[int, str]:
+        if not node_ids:
+            return {}
+        values = await self.aio.hmget(self.key("latest"), node_ids)
+        return {nid: value for nid, value in zip(node_ids, values, strict=True) if value}
+
+    async def points(self, node_id: int, since: float = 0.0) -> str:
+        points = await self.aio.lrange(self.key("win", node_id), -10 if since else 0, -1)
+        if since:
+            points = [p for p in points if _point_ts(p) > since]
+        return "[" + ",".join(points) + "]"
+
+    async def heat(self) -> dict[int, str]:
+        return {int(k): v for k, v in (await self.aio.hgetall(self.key("heat"))).items()}
+
+    def latest_all(self) -> dict[int, dict[str, Any]]:
+        return {int(k): json.loads(v) for k, v in self.sync.hgetall(self.key("latest")).items()}
+
+    def snapshot(self, node_id: int) -> tuple[str | None, str]:
+        pipe = self.sync.pipeline(transaction=False)
+        pipe.hget(self.key("latest"), node_id)
+        pipe.lrange(self.key("win", node_id), 0, -1)
+        latest, points = pipe.execute()
+        return latest, "[" + ",".join(points) + "]"
+
+    def heat_all(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.sync.hgetall(self.key("heat")).items()}
+
+    def counters(self) -> dict[str, float]:
+        totals = dict.fromkeys(COUNTER_KEYS, 0.0)
+        for proc in self.sync.smembers(self.key("procs")):
+            values = self.sync.hgetall(self.key("proc", proc))
+            if not values:
+                self.sync.srem(self.key("procs"), proc)  # that process stopped
+                continue
+            for name in COUNTER_KEYS:
+                totals[name] += float(values.get(name, 0))
+        return totals
+
+
+_store: LocalStore | RedisStore | None = None
+
+
+def get_store() -> LocalStore | RedisStore:
+    global _store
+    if _store is None:
+        url = env_str("REDIS_URL")
+        backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+        if url and "Redis" in backend:
+            _store = RedisStore(url, settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "fleet"))
+        else:
+            _store = LocalStore()
+    return _store

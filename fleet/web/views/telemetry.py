@@ -1,0 +1,84 @@
+"""Telemetry reads for the pages: a node's live snapshot and history, the fleet heatmap, alerts."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+
+from fleet.accounts.permissions import viewer_required
+from fleet.inventory.models import Gpu, GpuState, Node
+from fleet.telemetry import records
+from fleet.telemetry.models import Alert, AlertSeverity
+from fleet.telemetry.store import get_store
+
+ALERTS_PER_PAGE = 50
+FEED_SIZE = 12
+
+
+@viewer_required
+def node_live(request: HttpRequest, pk: int) -> HttpResponse:
+    """The latest frame and the 15-minute window of one node (the charts' first paint)."""
+    node = get_object_or_404(Node, pk=pk)
+    latest, points = get_store().snapshot(node.pk)
+    body = f'{{"node":{node.pk},"latest":{latest or "null"},"points":{points}}}'
+    return HttpResponse(body, content_type="application/json")
+
+
+@viewer_required
+def node_history(request: HttpRequest, pk: int) -> JsonResponse:
+    node = get_object_or_404(Node, pk=pk)
+    range_name = request.GET.get("range", "1h")
+    if range_name not in records.HISTORY_RANGES:
+        choices = ", ".join(records.HISTORY_RANGES)
+        return JsonResponse({"error": f"range: must be one of {choices}"}, status=400)
+    return JsonResponse(records.history(node.pk, range_name))
+
+
+@viewer_required
+def fleet_heat(request: HttpRequest) -> JsonResponse:
+    """Every present GPU with its latest utilization, memory and temperature (the heatmap's first paint)."""
+    heat = get_store().heat_all()
+    gpus: dict[int, list[int]] = {}
+    for node_id, index in Gpu.objects.filter(state=GpuState.PRESENT).values_list("node_id", "index"):
+        gpus.setdefault(node_id, []).append(index)
+    nodes = []
+    for node in Node.objects.filter(pk__in=gpus.keys()).only("id", "name", "status").order_by("name"):
+        nodes.append({"id": node.pk, "name": node.name, "status": node.status, "gpus": sorted(gpus[node.pk]),
+                      "heat": json.loads(heat[node.pk]) if node.pk in heat else []})
+    return JsonResponse({"nodes": nodes})
+
+
+def _alerts(request: HttpRequest):
+    alerts = Alert.objects.select_related("node").order_by("-opened_at", "-id")
+    state = request.GET.get("state", "")
+    if state == "open":
+        alerts = alerts.filter(resolved_at__isnull=True)
+    elif state == "resolved":
+        alerts = alerts.filter(resolved_at__isnull=False)
+    severity = request.GET.get("severity", "")
+    if severity in AlertSeverity.values:
+        alerts = alerts.filter(severity=severity)
+    node = request.GET.get("node", "")
+    if node.isdigit():
+        alerts = alerts.filter(node_id=int(node))
+    return alerts, {"state": state, "severity": severity if severity in AlertSeverity.values else "", "node": node}
+
+
+@viewer_required
+def alert_list(request: HttpRequest) -> HttpResponse:
+    alerts, filters = _alerts(request)
+    page = Paginator(alerts, ALERTS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "web/alerts.html", {
+        "page": page, "filters": filters, "severities": AlertSeverity.choices, "live_topics": "fleet",
+        "open_count": Alert.objects.filter(resolved_at__isnull=True).count(),
+    })
+
+
+@viewer_required
+def alert_feed(request: HttpRequest) -> HttpResponse:
+    """The newest alerts as an HTML fragment (the feeds on the overview and node pages refresh with it)."""
+    alerts, _ = _alerts(request)
+    return render(request, "web/_alert_feed.html", {"alerts": list(alerts[:FEED_SIZE])})

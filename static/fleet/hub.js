@@ -1,0 +1,63 @@
+// Model pages: refresh progress bars (version sync, node commands) every 2 s while anything is moving.
+(function () {
+  "use strict";
+  const root = document.querySelector("[data-hub-progress-url]");
+  if (!root) return;
+  const url = root.getAttribute("data-hub-progress-url");
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  function size(n) {
+    let u = 0;
+    while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
+    return u ? n.toFixed(1) + " " + units[u] : n + " B";
+  }
+  let reloading = false;
+  function reloadSoon() {
+    if (reloading) return;
+    reloading = true;
+    setTimeout(function () { window.location.reload(); }, 800);
+  }
+  function ids(attr) {
+    return Array.from(document.querySelectorAll("[" + attr + "]"))
+      .filter((el) => el.getAttribute("data-final") !== "1")
+      .map((el) => el.getAttribute(attr));
+  }
+  function paint(el, item) {
+    const pct = item.total ? Math.min(100, Math.floor((100 * item.done) / item.total)) : 100;
+    const bar = el.querySelector(".progress");
+    if (bar) {
+      bar.querySelector("span").style.width = pct + "%";
+      bar.classList.toggle("done", item.state === "synced" || item.state === "staged" || item.state === "active");
+      bar.classList.toggle("failed", item.state === "failed");
+      bar.setAttribute("aria-valuenow", String(pct));
+    }
+    const text = el.querySelector(".progress-text");
+    if (text) text.textContent = size(item.done) + " / " + size(item.total) + " (" + pct + "%)";
+    const badge = el.querySelector(".badge");
+    if (badge) { badge.className = "badge badge-" + item.colour; badge.textContent = item.label; }
+    const error = el.querySelector(".error-text");
+    if (error) error.textContent = item.error || "";
+    if (["synced", "failed", "staged", "active", "removed"].includes(item.state)) {
+      el.setAttribute("data-final", "1");
+      // A command finished on a node page: its installed versions changed, so redraw the page once.
+      if (el.hasAttribute("data-command-progress") && document.querySelector("[data-node-models]")) reloadSoon();
+    }
+  }
+  async function tick() {
+    const versions = ids("data-version-progress");
+    const commands = ids("data-command-progress");
+    if (!versions.length && !commands.length) return;
+    try {
+      const q = "?versions=" + versions.join(",") + "&commands=" + commands.join(",");
+      const response = await fetch(url + q, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (response.ok) {
+        const data = await response.json();
+        for (const [id, item] of Object.entries(data.versions || {}))
+          document.querySelectorAll('[data-version-progress="' + id + '"]').forEach((el) => paint(el, item));
+        for (const [id, item] of Object.entries(data.commands || {}))
+          document.querySelectorAll('[data-command-progress="' + id + '"]').forEach((el) => paint(el, item));
+      }
+    } catch (e) { /* the next tick retries */ }
+    setTimeout(tick, 2000);
+  }
+  setTimeout(tick, 2000);
+})();

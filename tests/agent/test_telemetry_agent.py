@@ -1,0 +1,221 @@
+"""Agent-side telemetry: fault injection, the reconnect buffer and catch-up, control frames, NVML XID
+events and processes (against pynvml's real error classes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pynvml
+import pytest
+
+from fleet.agent.buffer import BATCH_POINTS, MetricsBuffer
+from fleet.agent.cli import main
+from fleet.agent.collectors.faults import Fault, parse_fault
+from fleet.agent.collectors.nvml import NvmlCollector
+from fleet.agent.collectors.simulated import SimulatedCollector
+from fleet.agent.protocol import Control, GpuProcess, GpuSample, Metrics, dump, parse_agent_frame
+from tests.agent.test_connection import FakeServer, start, welcome
+from tests.agent.test_nvml import FakeNvml, nvml_error
+
+T = 1_750_000_000.0
+
+
+# ---- faults ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "fault"), [
+    ("lost:gpu=3@30s", Fault("lost", gpu=3, after=30)),
+    ("xid:79", Fault("xid", code=79)),
+    ("xid:48,gpu=2@2m", Fault("xid", gpu=2, after=120, code=48)),
+    ("ecc", Fault("ecc")),
+    ("overheat:gpu=1@5", Fault("overheat", gpu=1, after=5)),
+])
+def test_parse_fault(text, fault):
+    assert parse_fault(text) == fault
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("melt", "kind must be one of lost, xid, ecc, overheat"),
+    ("lost:gpu=x", "parameter 'gpu=x' must be gpu=N"),
+    ("lost:79", "parameter '79' must be gpu=N"),
+    ("xid:79@soon", "delay 'soon' must be seconds"),
+])
+def test_bad_fault_is_refused_with_the_form(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_fault(text)
+
+
+def test_cli_rejects_bad_fault_and_fault_without_simulation(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEET_AGENT_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--simulate", "h100x8", "--fault", "melt"])
+    assert exit_info.value.code == 2
+    assert "argument --fault: fault 'melt': kind must be one of" in capsys.readouterr().err
+
+
+def test_simulated_faults_over_time():
+    faults = [parse_fault(f) for f in ("lost:gpu=3@30s", "xid:79,gpu=0@10s", "ecc:gpu=2", "overheat:gpu=4")]
+    sim = SimulatedCollector("h100x8", "faulty", faults=faults, started=T)
+    early = {s.index: s for s in sim.sample(T + 1)}
+    assert not early[3].lost and early[0].xids == []
+    assert early[2].ecc_uncorrected == 1 and early[4].temperature_c == 96.0
+    at_ten = {s.index: s for s in sim.sample(T + 10)}
+    assert at_ten[0].xids == [79]
+    assert {s.index: s for s in sim.sample(T + 11)}[0].xids == []  # an XID is reported once
+    later = {s.index: s for s in sim.sample(T + 31)}
+    assert later[3].lost and later[3].utilization_gpu is None
+    assert [g.index for g in sim.inventory()[0]] == [0, 1, 2, 4, 5, 6, 7]
+    parse_agent_frame(dump(Metrics(type="metrics", ts=T, gpus=list(later.values()))))
+
+
+def test_simulated_memory_jumps_when_a_model_loads_and_processes_follow():
+    sim = SimulatedCollector("h100x8", "curves")
+    bursty = [i for i in range(8) if sim.pattern(i) == "bursty"]
+    busy = [i for i in range(8) if sim.pattern(i) == "busy"]
+    assert bursty and busy, "seed 'curves' should give both patterns"
+    index = bursty[0]
+    memory = {sim.model_loaded(index, T + s): sim.sample(T + s)[index] for s in range(0, 1800, 30)}
+    assert memory[True].memory_used_bytes > 10 * memory[False].memory_used_bytes
+    assert memory[True].processes and not memory[False].processes
+    assert sim.sample(T)[busy[0]].processes[0].name == "vllm"
+
+
+# ---- buffer and catch-up ---------------------------------------------------------------------------
+
+
+def sample(ts: float) -> Metrics:
+    gpu = GpuSample(index=0, uuid="GPU-0", utilization_gpu=1.0,
+                    processes=[GpuProcess(pid=1, used_memory_bytes=1, name="python3")])
+    return Metrics(type="metrics", ts=ts, gpus=[gpu])
+
+
+def test_buffer_keeps_the_last_minutes_compactly(monkeypatch):
+    buffer = MetricsBuffer(seconds=300)
+    for i in range(400):
+        buffer.add(sample(T + i))
+    assert len(buffer) == 301 and buffer.points[0].ts == T + 99
+    assert buffer.points[0].gpus[0].processes == []  # left out of catch-ups
+    monkeypatch.setattr("fleet.agent.buffer.time.time", lambda: T + 399)
+    batch = buffer.next_batch()
+    assert len(batch.points) == BATCH_POINTS and batch.points[0].ts == T + 99
+    assert parse_agent_frame(dump(batch)).type == "metrics.batch"
+    buffer.sent(batch)
+    assert len(buffer) == 301 - BATCH_POINTS
+
+
+async def test_agent_buffers_while_away_then_catches_up_and_obeys_control(tmp_path):
+    received: dict[int, list[dict]] = {1: [], 2: []}
+    done = asyncio.Event()
+
+    async def handler(ws, n):
+        await ws.recv()  # hello
+        if n == 1:
+            await ws.send(welcome(0.05))
+            for _ in range(2):
+                received[1].append(json.loads(await ws.recv()))
+            await ws.close()
+            return
+        await asyncio.sleep(0.6)  # the agent is connected but not welcomed: it keeps buffering
+        await ws.send(welcome(0.05))
+        received[2].append(json.loads(await ws.recv()))
+        await ws.send(dump(Control(type="control", metrics_interval=0.3, reason="test")))
+        loop = asyncio.get_running_loop()
+        stamps = []
+        while len(stamps) < 4:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "metrics":
+                stamps.append(loop.time())
+        received[2].append({"gaps": [b - a for a, b in zip(stamps, stamps[1:], strict=False)]})
+        done.set()
+        await ws.wait_closed()
+
+    stop = asyncio.Event()
+    async with FakeServer(handler) as server:
+        task = start(server.url, tmp_path / "home", stop)
+        await asyncio.wait_for(done.wait(), 15)
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert [f["type"] for f in received[1]] == ["metrics", "metrics"]
+    catch_up = received[2][0]
+    assert catch_up["type"] == "metrics.batch" and len(catch_up["points"]) >= 5
+    assert all("processes" not in gpu for p in catch_up["points"] for gpu in p["gpus"])
+    times = [p["ts"] for p in catch_up["points"]]
+    assert times == sorted(times)
+    assert min(received[2][1]["gaps"][1:]) > 0.2  # the control frame's 0.3 s, not the welcome's 0.05 s
+
+
+# ---- NVML XID events and processes ---------------------------------------------------------------
+
+
+class EventNvml(FakeNvml):
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple[int, int]] = []  # (gpu index, xid)
+        self.registered: list[int] = []
+
+    def nvmlEventSetCreate(self):
+        return "event-set"
+
+    def nvmlDeviceRegisterEvents(self, handle, types, event_set):
+        self._check("nvmlDeviceRegisterEvents", handle)
+        assert types == pynvml.nvmlEventTypeXidCriticalError and event_set == "event-set"
+        self.registered.append(handle.index)
+
+    def nvmlEventSetWait_v2(self, event_set, timeout_ms):
+        assert timeout_ms == 0  # never blocks the sample
+        if not self.events:
+            raise nvml_error(pynvml.NVML_ERROR_TIMEOUT)
+        index, xid = self.events.pop(0)
+        return SimpleNamespace(eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=xid,
+                               device=SimpleNamespace(index=index))
+
+    def nvmlDeviceGetIndex(self, handle):
+        return handle.index
+
+    def nvmlEventSetFree(self, event_set):
+        pass
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        self._check("nvmlDeviceGetComputeRunningProcesses", handle)
+        if handle.index == 0:
+            return [SimpleNamespace(pid=999_999_999, usedGpuMemory=2 << 30), SimpleNamespace(pid=1, usedGpuMemory=None)]
+        return []
+
+
+def test_xid_events_are_read_without_blocking_and_land_on_their_gpu(monkeypatch):
+    nvml = EventNvml().install(monkeypatch)
+    nvml.unsupported.add(("nvmlDeviceRegisterEvents", 5))  # one GPU without events: the others still work
+    collector = NvmlCollector()
+    collector.inventory()
+    first = collector.sample()
+    assert all(s.xids == [] for s in first)
+    assert sorted(nvml.registered) == [0, 1, 2, 3, 4, 6, 7]
+    nvml.events = [(2, 79), (2, 48), (6, 13)]
+    second = {s.index: s for s in collector.sample()}
+    assert second[2].xids == [79, 48] and second[6].xids == [13]  # the server decides what to ignore
+    assert all(s.xids == [] for s in collector.sample())  # reported once
+    collector.close()
+
+
+def test_processes_per_gpu(monkeypatch):
+    nvml = EventNvml().install(monkeypatch)
+    nvml.unsupported.add(("nvmlDeviceGetComputeRunningProcesses", 1))
+    collector = NvmlCollector()
+    collector.inventory()
+    samples = {s.index: s for s in collector.sample()}
+    procs = samples[0].processes
+    assert [(p.pid, p.used_memory_bytes, p.name) for p in procs][0] == (999_999_999, 2 << 30, None)  # no such pid
+    assert procs[1].used_memory_bytes is None and procs[1].name  # pid 1 exists here
+    assert samples[1].processes == [] and samples[1].utilization_gpu is not None
+
+
+def test_lost_gpu_still_reports_its_xid(monkeypatch):
+    nvml = EventNvml().install(monkeypatch)
+    collector = NvmlCollector()
+    collector.inventory()
+    nvml.lost[4] = {"*"}
+    nvml.events = [(4, 79)]
+    samples = {s.index: s for s in collector.sample()}
+    assert samples[4].lost and samples[4].xids == [79]
