@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 from websockets.asyncio.server import serve
@@ -27,8 +28,9 @@ async def main(port: int, path: str) -> None:
     async with serve(handler, "127.0.0.1", port, max_size=2**20, ping_interval=None, backlog=4096):
         while True:
             await asyncio.sleep(0.5)
-            with open(path, "w") as handle:
+            with open(path + ".tmp", "w") as handle:
                 handle.write(f"{frames} {size}")
+            os.replace(path + ".tmp", path)  # readers never see a half-written file
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Per N it reports: upstream bytes fetched (target 1× the version size: pull-thro
 once however many nodes ask), wall time until every agent has the version staged (downloaded and
 verified with verify_repo_checksums), and the mirror's throughput with a plain HTTP client (N parallel
 `curl -L` of every shard through /hf, bodies written to disk) ÷ a plain local file copy of the same bytes
-measured in the same run (target ≥ 0.7). With Debian's nginx installed it also measures nginx serving the
-same files. Each N uses a fresh version, so every round starts cold at the upstream.
+(read + write through user space, as any receiver does) measured in the same run (target ≥ 0.7). It also
+shows an in-kernel copy (sendfile between files: bytes never reach user space, a bound no download can
+reach) and, with Debian's nginx installed, nginx serving the same files to the same client. Each N uses a
+fresh version, so every round starts cold at the upstream.
 
     .venv/bin/python bench/hub.py                     # 500 MB, agents 1,2,4,8
     .venv/bin/python bench/hub.py --size-mb 64 --agents 1,2 --repeat 1   # quick
@@ -49,8 +51,16 @@ def make_files(base: bytearray, round_no: int) -> dict[str, bytes]:
     return files
 
 
-def local_copy_rate(folder: Path, files: dict[str, bytes], parallel: int) -> float:
-    """MB/s of shutil.copyfile of the same shards (page cache warm, like the mirror's), ``parallel`` at once."""
+COPY_SCRIPTS = {
+    # read() + write() through user space, 1 MiB at a time: what any client receiving bytes does
+    "plain": "import shutil,sys; shutil.copyfileobj(open(sys.argv[1],'rb'), open(sys.argv[2],'wb'), 1 << 20)",
+    # in-kernel (sendfile between files), bytes never reach user space: an upper bound no download reaches
+    "kernel": "import shutil,sys; shutil.copyfile(sys.argv[1], sys.argv[2])",
+}
+
+
+def local_copy_rate(folder: Path, files: dict[str, bytes], parallel: int, kind: str = "plain") -> float:
+    """MB/s of copying the same shards locally (page cache warm, like the mirror's), ``parallel`` at once."""
     sources = []
     for name, data in files.items():
         if name.endswith(".safetensors"):
@@ -60,8 +70,7 @@ def local_copy_rate(folder: Path, files: dict[str, bytes], parallel: int) -> flo
     os.sync()
     jobs = [(src, folder / f"copy-{n}-{src.name}") for n in range(parallel) for src in sources]
     started = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", "import shutil,sys; shutil.copyfile(sys.argv[1], sys.argv[2])",
-                               str(src), str(dst)]) for src, dst in jobs]
+    procs = [subprocess.Popen([sys.executable, "-c", COPY_SCRIPTS[kind], str(src), str(dst)]) for src, dst in jobs]
     for proc in procs:
         proc.wait()
     elapsed = time.perf_counter() - started
@@ -92,6 +101,30 @@ def curl_rate(urls: list[str], parallel: int, folder: Path, token: str | None = 
     return total / MB / (time.perf_counter() - started)
 
 
+class PeakRss:
+    """Samples a process's resident memory every 50 ms: the server's must stay flat whatever the file size."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = self.process.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.peak
+
+
 def _wall(stack: Stack, commands: list[str]) -> float | None:
     """Seconds from the first command reaching an agent to the last one staged (the server's clock)."""
     marks = ",".join("?" * len(commands))
@@ -110,7 +143,8 @@ def start_nginx(root: Path, tmp: Path) -> tuple[subprocess.Popen, int] | None:
         return None
     port = free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(f"""daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
+    user = "user root;" if os.geteuid() == 0 else ""  # workers must read the 0700 temporary store
+    conf.write_text(f"""{user} daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
 events {{ worker_connections 1024; }}
 http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {tmp};
   proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
@@ -157,6 +191,8 @@ def main() -> None:
             size = sum(len(v) for v in files.values())
             upstream.add("bench/model", files, revision=f"r{round_no}")
             sent_before = upstream.bytes_sent
+            rss = PeakRss(stack.processes[0].pid)
+            rss_before = rss.peak
             sha = stack.manage("addmodel", "bench/model", "--revision", f"r{round_no}").splitlines()[-1]
             started = time.perf_counter()
             commands = [stack.manage("deploymodel", "deploy", "--node", f"bench-{n}", "--repo", "bench/model",
@@ -181,21 +217,27 @@ def main() -> None:
             # written back: on a small VM disk writeback makes single runs differ by 2x.
             digests = [hashlib.sha256(files[u.rsplit("/", 1)[1]]).hexdigest() for u in urls]
             nginx_urls = [f"http://127.0.0.1:{nginx[1]}/blobs/sha256/{d[:2]}/{d}" for d in digests] if nginx else []
-            copies, mirrors, nginxes = [], [], []
+            copies, kernels, mirrors, nginxes = [], [], [], []
             for _ in range(args.repeat):
                 os.sync()
                 copies.append(local_copy_rate(tmp, files, count))
+                os.sync()
+                kernels.append(local_copy_rate(tmp, files, count, "kernel"))
                 os.sync()
                 mirrors.append(curl_rate(urls, count, tmp / "curl", secret))
                 if nginx:
                     os.sync()
                     nginxes.append(curl_rate(nginx_urls, count, tmp / "curl"))
-            copy, mirror, nginx_rate = max(copies), max(mirrors), max(nginxes) if nginxes else None
-            rows.append((count, size, upstream_bytes, wall, mirror, copy, nginx_rate))
+            copy, kernel, mirror = max(copies), max(kernels), max(mirrors)
+            peak = rss.close()
+            nginx_rate = max(nginxes) if nginxes else None
+            rows.append((count, size, upstream_bytes, wall, mirror, copy, kernel, nginx_rate))
             print(f"N={count}: upstream {upstream_bytes / size:.2f}x of {size / MB:.0f} MB, all staged in {wall:.1f}s "
-                  f"({count * size / MB / wall:.0f} MB/s via agents), mirror {mirror:.0f} MB/s, local copy "
-                  f"{copy:.0f} MB/s, ratio {mirror / copy:.2f}"
+                  f"({count * size / MB / wall:.0f} MB/s via agents), mirror {mirror:.0f} MB/s, plain copy "
+                  f"{copy:.0f} MB/s (ratio {mirror / copy:.2f}), in-kernel copy {kernel:.0f} MB/s"
                   + (f", nginx {nginx_rate:.0f} MB/s" if nginx_rate else ""), flush=True)
+            print(f"     server memory {rss_before / MB:.0f} MB before the round, peak {peak / MB:.0f} MB while "
+                  f"the mirror sent {(1 + args.repeat) * count} copies of {size / MB:.0f} MB", flush=True)
             for key in [k for k in upstream.repos["bench/model"].files if k.startswith(sha)]:
                 del upstream.repos["bench/model"].files[key]  # keep the script's memory flat
             for n in range(count):  # free the agents' disks for the next round
@@ -211,12 +253,14 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     print()
-    head = "| agents | version | upstream fetched | wall (staged, verified) | mirror (curl) | copy | mirror ÷ copy |"
-    print(head + (" nginx |" if any(r[6] for r in rows) else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if any(r[6] for r in rows) else ""))
-    for count, size, up, wall, mirror, copy, nginx_rate in rows:
+    nginx_col = any(r[7] for r in rows)
+    print("| agents | version | upstream fetched | wall (staged, verified) | mirror (curl) | plain copy | mirror ÷ "
+          "plain copy | in-kernel copy |" + (" nginx (curl) | mirror ÷ nginx |" if nginx_col else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if nginx_col else ""))
+    for count, size, up, wall, mirror, copy, kernel, nginx_rate in rows:
         print(f"| {count} | {size / MB:.0f} MB | {up / size:.2f}× | {wall:.1f} s | {mirror:.0f} MB/s | {copy:.0f} MB/s "
-              f"| {mirror / copy:.2f} |" + (f" {nginx_rate:.0f} MB/s |" if nginx_rate else ""))
+              f"| {mirror / copy:.2f} | {kernel:.0f} MB/s |"
+              + (f" {nginx_rate:.0f} MB/s | {mirror / nginx_rate:.2f} |" if nginx_rate else ""))
 
 
 if __name__ == "__main__":

@@ -69,40 +69,53 @@ def generator(url: str, secrets: list[str], start_at: float, ramp: float, window
     stats = collections.Counter()
 
     async def agent(secret: str, delay: float) -> None:
+        """Like the real agent: connect (retrying with backoff, as websockets' reconnect loop does), hello,
+        then a frame every interval until the end; a refused or dropped connection is retried."""
         await asyncio.sleep(max(0.0, start_at + delay - time.time()))
-        try:
-            ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {secret}"},
-                                          max_size=2**24, ping_interval=None, open_timeout=120, close_timeout=1)
-        except Exception:
-            stats["connect_failed"] += 1
-            return
+        backoff = 1.0
         interval = [1.0]
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + (hash(secret) % 1000) / 1000  # spread sends over the second
+        counted = False
+        while time.time() < stop_at:
+            try:
+                ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {secret}"},
+                                              max_size=2**24, ping_interval=None, open_timeout=60, close_timeout=1)
+            except Exception as exc:
+                stats[f"connect_failed:{type(exc).__name__}"] += 1
+                await asyncio.sleep(backoff * (0.5 + (hash((secret, backoff)) % 100) / 100))
+                backoff = min(backoff * 2, 8.0)
+                continue
 
-        async def reader() -> None:
-            with contextlib.suppress(Exception):
-                async for message in ws:
-                    frame = json.loads(message)
-                    if frame.get("type") in ("welcome", "control"):
-                        interval[0] = frame["metrics_interval"]
-                        stats["control"] += frame["type"] == "control"
+            async def reader(ws=ws) -> None:
+                with contextlib.suppress(Exception):
+                    async for message in ws:
+                        frame = json.loads(message)
+                        if frame.get("type") in ("welcome", "control"):
+                            interval[0] = frame["metrics_interval"]
+                            stats["control"] += frame["type"] == "control"
 
-        try:
-            await ws.send(hello)
-            read = asyncio.create_task(reader())
-            stats["connected"] += 1
-            loop = asyncio.get_running_loop()
-            next_at = loop.time() + (hash(secret) % 1000) / 1000  # spread sends over the second
-            while time.time() < stop_at:
-                next_at = max(next_at + interval[0], loop.time())
-                await asyncio.sleep(next_at - loop.time())
-                now = time.time()
-                await ws.send(prefix + repr(now) + suffix)
-                if window[0] <= now < window[1]:
-                    stats["sent"] += 1
-            read.cancel()
-            await ws.close()
-        except Exception:
-            stats["dropped_connections"] += 1
+            read = None
+            try:
+                await ws.send(hello)
+                read = asyncio.create_task(reader())
+                if not counted:
+                    counted = True
+                    stats["connected"] += 1
+                while time.time() < stop_at:
+                    next_at = max(next_at + interval[0], loop.time())
+                    await asyncio.sleep(next_at - loop.time())
+                    now = time.time()
+                    await ws.send(prefix + repr(now) + suffix)
+                    if window[0] <= now < window[1]:
+                        stats["sent"] += 1
+                with contextlib.suppress(Exception):
+                    await ws.close()
+            except Exception as exc:
+                stats[f"dropped:{type(exc).__name__}"] += 1
+            finally:
+                if read is not None:
+                    read.cancel()
 
     async def main() -> None:
         spread = ramp / max(1, len(secrets))
@@ -236,7 +249,7 @@ class Bare:
         raise RuntimeError("bare server did not start")
 
     def frames(self) -> float:
-        return float(self.count_file.read_text().split()[0] or 0)
+        return float(self.count_file.read_text().split()[0])
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -305,8 +318,8 @@ def phase(server: Fleet | Bare, secrets: list[str], node_ids: list[int], args: a
     pct = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (lambda q: None)
     return {"n": n, "server": "bare" if bare else "fleet", "frames_per_s": frames_done / seconds,
             "sent_per_s": stats["sent"] / seconds, "cpu_percent": 100 * cpu / seconds,
-            "connected": stats["connected"], "connect_failed": stats["connect_failed"],
-            "dropped_connections": stats["dropped_connections"], "control_frames": stats["control"],
+            "connected": stats["connected"], "control_frames": stats["control"],
+            "failures": {k: v for k, v in stats.items() if k.startswith(("connect_failed", "dropped"))},
             "p50": pct(0.5), "p99": pct(0.99), "samples": len(latencies)}
 
 
@@ -321,7 +334,8 @@ def show(result: dict) -> None:
     print(f"  {result['server']:5s} N={result['n']:6d}  accepted {result['frames_per_s']:8.0f} frames/s "
           f"(sent {result['sent_per_s']:8.0f})  server CPU {result['cpu_percent']:4.0f}%  "
           f"connected {result['connected']}/{result['n']}  {lat}"
-          + (f"  control frames {result['control_frames']}" if result["control_frames"] else ""), flush=True)
+          + (f"  control frames {result['control_frames']}" if result["control_frames"] else "")
+          + (f"  retried: {result['failures']}" if result["failures"] else ""), flush=True)
 
 
 def summarize_profile(path: Path, top: int = 18) -> None:

@@ -44,6 +44,9 @@ def hub_settings(var_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"FLEET_HUB_ACCEL_REDIRECT={accel!r} must be an nginx internal location such as /_fleet_blobs/")
     blob_url = env_str("FLEET_BLOB_URL").strip()
+    if not env_bool("FLEET_BLOB_SERVER", True) and not accel:
+        raise ConfigError("FLEET_BLOB_SERVER=0 needs FLEET_HUB_ACCEL_REDIRECT (an nginx internal location): "
+                          "otherwise nothing serves model files to nodes")
     return {
         "FLEET_HUB_ROOT": Path(env_str("FLEET_HUB_ROOT", str(var_dir / "hub"))),
         "FLEET_HF_UPSTREAM": _url("FLEET_HF_UPSTREAM", env_str("FLEET_HF_UPSTREAM", DEFAULT_UPSTREAM)),

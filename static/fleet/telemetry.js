@@ -166,7 +166,9 @@
     if (window.uPlot) {
       gpu.chart = new window.uPlot({
         width: chartWidth(chartEl), height: 170,
-        scales: { x: { time: true }, pct: { range: [0, 100] }, w: { auto: true } },
+        // power from 0 W so an idle GPU's noise does not look like a swing
+        scales: { x: { time: true }, pct: { range: [0, 100] },
+                  w: { range: function (u, min, max) { return [0, Math.max(50, Math.ceil((max || 0) * 1.15))]; } } },
         series: [
           {},
           { label: "util %", stroke: COLOURS[0], width: 1.5, scale: "pct" },

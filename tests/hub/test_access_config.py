@@ -32,6 +32,7 @@ def test_every_hub_url_is_protected() -> None:
     ("FLEET_HUB_ACCEL_REDIRECT", "_blobs", "nginx internal location"),
     ("FLEET_HUB_RATE_LIMIT", "fast", "is not a size"),
     ("FLEET_BLOB_PORT", "99999", "at most 65535"),
+    ("FLEET_BLOB_SERVER", "0", "needs FLEET_HUB_ACCEL_REDIRECT"),
 ])
 def test_bad_hub_setting_names_the_variable(tmp_path, variable, value, hint) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "DATABASE_URL", "REDIS_URL"))}

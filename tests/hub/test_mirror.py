@@ -191,3 +191,25 @@ def test_transformers_loads_a_tiny_model_through_the_mirror(mirror, tiny_llama, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded llama" in result.stdout
     assert (tmp_path / "hf" / "hub" / "models--acme--tiny-llama" / "snapshots" / version.sha).is_dir()
+
+
+def test_the_hf_cli_works_against_the_mirror(mirror, imported, tmp_path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    endpoint, secret, _ = mirror
+    version, files = imported
+    hf = shutil.which("hf", path=str(Path(sys.executable).parent))
+    if hf is None:
+        pytest.skip("the hf CLI of huggingface_hub is not installed")
+    env = {"PATH": "/usr/bin:/bin", "HF_ENDPOINT": endpoint, "HF_TOKEN": secret, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "NO_COLOR": "1"}
+    listed = subprocess.run([hf, "models", "ls"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "acme/tiny" in listed.stdout
+    target = tmp_path / "download"
+    got = subprocess.run([hf, "download", "acme/tiny", "--revision", "v1", "--local-dir", str(target)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert (target / "model.safetensors").read_bytes() == files["model.safetensors"]

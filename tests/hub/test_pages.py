@@ -174,3 +174,26 @@ def test_progress_json(client: Client, charlie, version) -> None:
     assert data["versions"][str(version.pk)]["state"] == "synced"
     assert data["versions"][str(version.pk)]["done"] == version.total_size
     assert client.get(reverse("hub-progress"), {"versions": "x"}).status_code == 400
+
+
+def test_required_approval(client: Client, bob, alice, fake_hub, hub_root, settings) -> None:
+    from fleet.hub import sync
+
+    settings.FLEET_REQUIRE_APPROVAL = True
+    sha = fake_hub.add("acme/tiny", sample_files())
+    client.force_login(bob)
+    _add(client)
+    response = client.post(reverse("hub-add"), {"repo": "acme/tiny", "revision": "main", "token": "",
+                                                "allow_patterns": "", "action": "confirm", "expect_sha": sha,
+                                                "preview_id": client.session["hub_preview"]["id"]}, follow=True)
+    assert "an admin must approve it" in response.content.decode()
+    version = ModelVersion.objects.get(sha=sha)
+    assert version.approval == ApprovalState.PENDING and version.approved_at is None
+    assert sync.wanted_blobs() == []  # nothing is fetched before approval
+    page = client.get(reverse("hub-version", args=[version.pk])).content.decode()
+    assert "Awaiting approval" in page and ">Approve<" not in page  # operators cannot approve
+    client.force_login(alice)
+    assert ">Approve<" in client.get(reverse("hub-version", args=[version.pk])).content.decode()
+    client.post(reverse("hub-version-action", args=[version.pk, "approve"]))
+    assert ModelVersion.objects.get(pk=version.pk).approval == ApprovalState.APPROVED
+    assert len(sync.wanted_blobs()) == 3

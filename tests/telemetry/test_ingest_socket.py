@@ -132,3 +132,32 @@ def test_shedder_raises_and_lowers_the_level():
     assert shed.level == 1 and shed.interval(1.0) == 2.0
     assert not shed.observe(0.0, now=110) and shed.observe(0.0, now=141)
     assert shed.level == 0
+
+
+def test_frame_gate_drops_over_budget_before_parsing_and_flags_a_flood():
+    from fleet.telemetry.limits import FLOOD_CLOSE_DROPS, FrameGate
+
+    gate = FrameGate(rate=10, burst=20)
+    t = gate.stamp
+    assert sum(gate.allow(now=t) for _ in range(50)) == 20  # the burst, then drops
+    assert gate.allow(now=t + 0.5)  # refilled at 10 frames/s
+    assert not gate.flooding
+    for _ in range(FLOOD_CLOSE_DROPS):
+        gate.allow(now=t + 0.5)
+    assert gate.flooding
+
+
+async def test_a_flooding_agent_is_closed_by_the_pre_parse_budget(make_node, settings):
+    settings.FLEET_AGENT_MAX_FRAMES_PER_SECOND = 5
+    node, secret = await database_sync_to_async(make_node)()
+    comm = await connect_and_hello(secret)
+    for _ in range(400):
+        await comm.send_to(text_data="not even json")  # never parsed: no error frames for dropped ones
+    close = None
+    for _ in range(100):
+        output = await comm.receive_output(timeout=5)
+        if output["type"] == "websocket.close":
+            close = output
+            break
+    assert close == {"type": "websocket.close", "code": 4429}
+    assert hub.counters["dropped"] > 200
