@@ -20,6 +20,7 @@ from django.db import close_old_connections, connection
 
 from fleet.agents import presence
 from fleet.hub import sync as hub_sync
+from fleet.inventory import summary
 from fleet.telemetry import records as telemetry_records
 
 log = logging.getLogger("fleet.engine")
@@ -31,6 +32,7 @@ _LOCK_KEY = zlib.crc32(b"fleet.engine")  # advisory lock id shared by every engi
 def tasks() -> list[Task]:
     return [
         ("offline-sweep", presence.sweep_interval(), presence.sweep_offline),
+        ("fleet-summary", summary.INTERVAL, summary.publish_if_stale),
         ("telemetry-retention", 3600.0, telemetry_records.prune),
         ("hub-sync", 2.0, hub_sync.tick),
     ]
@@ -72,6 +74,7 @@ def run(stop: threading.Event, task_list: list[Task] | None = None, once: bool =
     with leadership(stop) as leading:
         if not leading:
             return
+        summary.loop_started()  # changes made here are summarised by the fleet-summary task
         log.info("engine leading: %s", ", ".join(name for name, _, _ in task_list))
         while not stop.is_set():
             for name, interval, function in task_list:

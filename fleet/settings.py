@@ -41,6 +41,9 @@ def _database() -> dict:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(VAR_DIR / "fleet.sqlite3"),
+            # Reuse connections: opening one per thread hop was 10-18% of Daphne's time under load.
+            "CONN_MAX_AGE": 600,
+            "CONN_HEALTH_CHECKS": True,
             # A file per test run (not shared memory): async consumers reach it from other threads.
             "TEST": {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")},
             "OPTIONS": {

@@ -20,6 +20,7 @@ from django.utils import timezone
 from fleet import events
 from fleet.agent.protocol import Hello
 from fleet.hub import commands as hub_commands
+from fleet.inventory import summary
 from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.inventory.services import set_status
 from fleet.telemetry import records as telemetry_records
@@ -117,25 +118,34 @@ def sweep_interval() -> float:
 
 
 def ensure_sweeper() -> None:
-    """Run the offline sweep in this server process too (one task per event loop).
+    """Run the background loops of a server process (one task per event loop, started by the first
+    websocket): the offline sweep and the coalesced fleet summary.
 
     The embedded demo has no separate engine process and its in-memory channel layer does not cross
     processes, so the status change must be published from inside Daphne. In production several
     processes may sweep; the compare-and-set makes each change happen (and publish) once.
     """
-    if not settings.FLEET_PRESENCE_SWEEP:
-        return
     loop = asyncio.get_running_loop()
     task = _sweepers.get(loop)
     if task is None or task.done():
-        _sweepers[loop] = loop.create_task(_sweep_forever())
+        summary.loop_started()
+        _sweepers[loop] = loop.create_task(_background())
 
 
-async def _sweep_forever() -> None:
-    sweep = database_sync_to_async(sweep_offline)
+async def _background() -> None:
+    loops = [_every(summary.INTERVAL, summary.publish_if_stale, "fleet summary", when=summary.is_stale)]
+    if settings.FLEET_PRESENCE_SWEEP:
+        loops.append(_every(sweep_interval(), sweep_offline, "offline sweep"))
+    await asyncio.gather(*loops)
+
+
+async def _every(interval: float, function, name: str, when=None) -> None:
+    run = database_sync_to_async(function)
     while True:
-        await asyncio.sleep(sweep_interval())
+        await asyncio.sleep(interval)
+        if when is not None and not when():
+            continue  # nothing to do: skip the thread hop
         try:
-            await sweep()
+            await run()
         except Exception:
-            log.exception("offline sweep failed; retrying")
+            log.exception("%s failed; retrying", name)

@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from fleet import events
 from fleet.accounts import audit
+from fleet.inventory import summary
 from fleet.inventory.models import EnrollmentToken, Node, NodeCredential, NodeKind, NodeStatus
-from fleet.inventory.queries import fleet_summary, node_payload, with_gpu_counts
+from fleet.inventory.queries import node_payload, with_gpu_counts
 from fleet.lib.secrets import hash_secret, hint, new_secret
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -222,17 +223,12 @@ def set_status(
 
 
 def _publish_node(node: Node) -> None:
-    def message() -> dict[str, Any]:
-        fresh = with_gpu_counts(Node.objects.filter(pk=node.pk)).first()
-        return {
-            "type": "live.message",
-            "payload": {"kind": "node", "node": node_payload(fresh) if fresh else None, "summary": fleet_summary()},
-        }
-
-    # Build the payload after commit too, so it reflects what was committed, not this snapshot.
+    # Build the payload after commit, so it reflects what was committed, not this snapshot.
     def send() -> None:
-        payload = message()
+        fresh = with_gpu_counts(Node.objects.filter(pk=node.pk)).first()
+        payload = {"type": "live.message", "payload": {"kind": "node", "node": node_payload(fresh) if fresh else None}}
         events.publish(events.FLEET_GROUP, payload)
         events.publish(events.node_live_group(node.pk), payload)
+        summary.mark_stale()
 
     transaction.on_commit(send)

@@ -181,14 +181,20 @@ class LiveSocket:
     async def __aexit__(self, *exc) -> None:
         await self.ws.close()
 
-    async def wait_for_node(self, name: str, status: str, timeout: float) -> dict:
+    async def wait_for(self, predicate: Callable[[dict], bool], timeout: float, what: str = "a message") -> dict:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
                 message = json.loads(await asyncio.wait_for(self.ws.recv(), left))
             except TimeoutError:
                 break
-            node = message.get("node") or {}
-            if message.get("kind") == "node" and node.get("name") == name and node.get("status") == status:
+            if predicate(message):
                 return message
-        raise AssertionError(f"no live message saying {name} is {status} within {timeout}s")
+        raise AssertionError(f"no live message with {what} within {timeout}s")
+
+    async def wait_for_node(self, name: str, status: str, timeout: float) -> dict:
+        def match(message: dict) -> bool:
+            node = message.get("node") or {}
+            return message.get("kind") == "node" and node.get("name") == name and node.get("status") == status
+
+        return await self.wait_for(match, timeout, f"{name} {status}")

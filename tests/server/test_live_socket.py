@@ -58,9 +58,28 @@ async def test_viewer_sees_a_node_go_online_and_offline(charlie, make_node):
     for message in messages:
         assert message["kind"] == "node"
         assert (message["node"]["name"], message["node"]["status"]) == ("gpu-42", "online")
-        assert message["summary"]["nodes"]["online"] == 1
+    # The summary follows, coalesced by the process's background loop (at most one a second).
+    summary = await comm.receive_json_from(timeout=5)
+    assert summary["kind"] == "summary" and summary["summary"]["nodes"]["online"] == 1
     await database_sync_to_async(set_status)(node.pk, NodeStatus.OFFLINE)
     assert (await comm.receive_json_from(timeout=5))["node"]["status_colour"] == "red"
+    await comm.disconnect()
+
+
+async def test_a_burst_of_changes_is_summarised_once(charlie, make_node):
+    nodes = [(await database_sync_to_async(make_node)(f"burst-{i}"))[0] for i in range(20)]
+    comm = await live(charlie)
+    assert (await comm.connect())[0]
+    await comm.send_json_to({"type": "subscribe", "topics": ["fleet"]})
+    assert (await comm.receive_json_from(timeout=5))["kind"] == "summary"
+    assert (await comm.receive_json_from(timeout=5))["kind"] == "subscribed"
+    for node in nodes:
+        await database_sync_to_async(set_status)(node.pk, NodeStatus.ONLINE)
+    received = [await comm.receive_json_from(timeout=5) for _ in range(21)]
+    assert [m["kind"] for m in received].count("node") == 20
+    summaries = [m for m in received if m["kind"] == "summary"]
+    assert len(summaries) == 1 and summaries[0]["summary"]["nodes"]["online"] == 20
+    assert await comm.receive_nothing(timeout=1.5)
     await comm.disconnect()
 
 
