@@ -9,6 +9,7 @@ import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from fleet import events
@@ -26,11 +27,35 @@ CLOSE_TOO_MANY_ERRORS = 4429
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
-COMMAND_POLL_BEATS = 1  # heartbeats between checks for model commands queued without a nudge
 ERROR_BUDGET = 20  # invalid frames tolerated per minute before the agent counts as flooding
 
-_connections = itertools.count()
 _open = 0  # agent connections open in this process
+_local: dict[int, str] = {}  # node id → channel name of its newest connection in this process
+_command_polls: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+async def _poll_commands() -> None:
+    """Fallback behind the `agent.command` nudge, which cannot cross processes on the in-memory layer
+    (a command queued by `manage.py deploymodel`, say): one query per process per heartbeat finds
+    the locally connected nodes with commands never sent, and only those connections are told."""
+    pending = database_sync_to_async(hub_commands.nodes_with_pending)
+    layer = get_channel_layer()
+    while True:
+        await asyncio.sleep(settings.FLEET_HEARTBEAT_INTERVAL)
+        try:
+            for node_id in await pending(list(_local)):
+                channel = _local.get(node_id)
+                if channel:
+                    await layer.send(channel, {"type": "agent.command", "pending_only": True})
+        except Exception:
+            log.exception("command poll failed; retrying")
+
+
+def _ensure_command_poll() -> None:
+    loop = asyncio.get_running_loop()
+    task = _command_polls.get(loop)
+    if task is None or task.done():
+        _command_polls[loop] = loop.create_task(_poll_commands())
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -61,13 +86,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
         # Tell an older connection of this node (in any server process) to go, then join the group.
         await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
         await self.channel_layer.group_add(self.group, self.channel_name)
+        _local[self.node_id] = self.channel_name
         presence.ensure_sweeper()
+        _ensure_command_poll()
 
     async def disconnect(self, code: int) -> None:
         global _open
         if self.node_id is None:
             return
         _open -= 1
+        if _local.get(self.node_id) == self.channel_name:
+            del _local[self.node_id]
         self.telemetry.close()
         for task in self.tasks:
             task.cancel()
@@ -159,8 +188,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_SILENT)
                 return
             await self._send(protocol.Ping(type="ping", nonce=str(nonce)))
-            if nonce % COMMAND_POLL_BEATS == 0:  # fallback behind the agent.command nudge (other processes)
-                await self._send_commands(pending_only=True)
 
     async def _refuse(self, error: protocol.FrameError) -> None:
         await self.send(text_data=protocol.Error(type="error", code=error.code, detail=error.detail).model_dump_json())
@@ -186,7 +213,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def agent_command(self, event: dict) -> None:
         """A model command was queued for this node (fleet.hub.commands.create)."""
         if self.hello_done:
-            await self._send_commands(event.get("command_id"))
+            await self._send_commands(event.get("command_id"), pending_only=bool(event.get("pending_only")))
 
     async def _send_commands(self, command_id: str | None = None, pending_only: bool = False) -> None:
         frames = await database_sync_to_async(hub_commands.frames_to_send)(self.node_id, command_id, pending_only)

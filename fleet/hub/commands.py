@@ -97,6 +97,14 @@ def frame_for(command: NodeCommand) -> protocol.BaseModel:
     return protocol.Rollback(type="rollback", **common)
 
 
+def nodes_with_pending(node_ids: list[int]) -> set[int]:
+    """Which of these nodes have commands never sent yet (one query for a whole server process)."""
+    if not node_ids:
+        return set()
+    return set(NodeCommand.objects.filter(node_id__in=node_ids, state=CommandState.PENDING, finished_at__isnull=True)
+               .values_list("node_id", flat=True).distinct())
+
+
 def frames_to_send(node_id: int, command_id: str | None = None, pending_only: bool = False
                    ) -> list[protocol.BaseModel]:
     """The frames of this node's unfinished commands (one, with ``command_id``; only never-sent ones, with
