@@ -273,6 +273,7 @@
 
   // ---- node page: history from rollups --------------------------------------------------------------
   var history = { chart: null, range: "1h", metric: "util" };
+  var HISTORY_SPANS = { "1h": 3600, "24h": 86400, "7d": 7 * 86400 };
   var METRICS = { util: [1, "utilization %"], mem: [2, "memory used GiB"], temp: [3, "temperature °C"], power: [4, "power W"] };
 
   function loadHistory() {
@@ -301,9 +302,14 @@
         if (!window.uPlot || !xs.length) { history.chart = null; return; }
         history.chart = new window.uPlot({
           width: chartWidth(box), height: 240,
-          scales: { x: { time: true } },
+          // The whole asked-for span, not uPlot's auto range (one bucket of data would span years).
+          scales: { x: { time: true, range: function () {
+            var now = Date.now() / 1000;
+            return [now - HISTORY_SPANS[history.range], now];
+          } } },
           series: [{}].concat(indexes.map(function (i, n) {
-            return { label: "GPU " + i, stroke: COLOURS[n % COLOURS.length], width: 1.5, spanGaps: false };
+            return { label: "GPU " + i, stroke: COLOURS[n % COLOURS.length], width: 1.5, spanGaps: false,
+                     points: { show: xs.length < 3 } };
           })),
           axes: [axis("x", 2), { stroke: "#8b96a5", grid: { stroke: "#262f3b" }, label: METRICS[history.metric][1] }],
         }, [xs].concat(series), box);
