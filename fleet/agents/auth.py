@@ -20,6 +20,12 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
     return ""
 
 
+# A read-only lookup, run on the shared thread pool rather than the one thread Channels keeps for ORM
+# work: during a reconnect storm handshakes would otherwise queue behind every agent's hello upsert
+# and hit Daphne's handshake timeout.
+_lookup = database_sync_to_async(authenticate_node, thread_sensitive=False)
+
+
 class NodeSecretMiddleware:
     """Puts the node's active credential (or None) into ``scope["fleet_credential"]``.
 
@@ -33,5 +39,5 @@ class NodeSecretMiddleware:
     async def __call__(self, scope, receive, send):
         scope = dict(scope)
         secret = bearer_token(scope.get("headers", []))
-        scope["fleet_credential"] = await database_sync_to_async(authenticate_node)(secret) if secret else None
+        scope["fleet_credential"] = await _lookup(secret) if secret else None
         return await self.inner(scope, receive, send)
