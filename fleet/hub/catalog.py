@@ -25,17 +25,13 @@ from fleet.hub.models import (
     SyncState,
     VersionFile,
 )
+from fleet.lib.errors import FieldError
 
 MAX_FILES = 10_000
 
 
-class CatalogError(Exception):
-    """A refused change, naming the form field at fault."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
+class CatalogError(FieldError):
+    """A refused catalog change, naming the form field at fault."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 
 from fleet.hub import store
 from fleet.hub.catalog import FileEntry
+from fleet.lib.errors import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,11 @@ SKIP_WITH_SAFETENSORS = ["original/*", "*.bin", "*.pth", "*.pt"]
 RESOLVE_TIMEOUT = 20.0
 
 
-class UpstreamError(Exception):
+class UpstreamError(FieldError):
     """A failure talking to the upstream hub, with the form field it belongs to and a clear message."""
 
     def __init__(self, field: str, message: str, code: str = "error"):
-        super().__init__(message)
-        self.field = field
-        self.message = message
+        super().__init__(field, message)
         self.code = code
 
 

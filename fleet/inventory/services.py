@@ -20,6 +20,7 @@ from fleet.accounts import audit
 from fleet.inventory import summary
 from fleet.inventory.models import EnrollmentToken, Node, NodeCredential, NodeKind, NodeStatus
 from fleet.inventory.queries import node_payload, with_gpu_counts
+from fleet.lib.errors import FieldError
 from fleet.lib.secrets import hash_secret, hint, new_secret
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -28,14 +29,8 @@ MAX_TOKEN_USES = 10_000
 MAX_TOKEN_TTL = timedelta(days=30)
 
 
-class InventoryError(Exception):
-    """A refused request, with the field at fault and an HTTP status for API callers."""
-
-    def __init__(self, field: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
+class InventoryError(FieldError):
+    """A refused inventory request, with the field at fault and an HTTP status for API callers."""
 
 
 # ---- enrollment tokens ----------------------------------------------------------------------------
