@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -41,117 +40,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# ---- frames ------------------------------------------------------------------------------------------
-
-
-def frames(gpus: int) -> tuple[str, str, str]:
-    """(hello JSON, metrics prefix, metrics suffix): a frame is prefix + ts + suffix (no per-send dumps)."""
-    from fleet.agent.collectors.simulated import SimulatedCollector
-    from fleet.agent.protocol import Hello, HostFacts, Metrics, dump
-
-    profile = "h100x8" if gpus == 8 else "a100x4"
-    sim = SimulatedCollector(profile, "bench")
-    inventory, _ = sim.inventory()
-    hello = dump(Hello(type="hello", agent_version="bench", host=HostFacts(hostname="bench"), gpus=inventory))
-    metrics = dump(Metrics(type="metrics", ts=123.456, gpus=sim.sample(time.time())))
-    prefix, suffix = metrics.split("123.456", 1)
-    return hello, prefix, suffix
-
-
-# ---- load generator (one process, many agents) ----------------------------------------------------------
-
-
-def generator(url: str, secrets: list[str], start_at: float, ramp: float, window: tuple[float, float],
-              stop_at: float, bare: bool, gpus: int, out: mp.Queue) -> None:
-    import websockets
-
-    hello, prefix, suffix = frames(gpus)
-    stats = collections.Counter()
-
-    async def agent(secret: str, delay: float) -> None:
-        """Like the real agent: connect (retrying with backoff, as websockets' reconnect loop does), hello,
-        then a frame every interval until the end; a refused or dropped connection is retried."""
-        await asyncio.sleep(max(0.0, start_at + delay - time.time()))
-        backoff = 1.0
-        interval = [1.0]
-        loop = asyncio.get_running_loop()
-        next_at = loop.time() + (hash(secret) % 1000) / 1000  # spread sends over the second
-        counted = False
-        while time.time() < stop_at:
-            try:
-                ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {secret}"},
-                                              max_size=2**24, ping_interval=None, open_timeout=60, close_timeout=1)
-            except Exception as exc:
-                stats[f"connect_failed:{type(exc).__name__}"] += 1
-                await asyncio.sleep(backoff * (0.5 + (hash((secret, backoff)) % 100) / 100))
-                backoff = min(backoff * 2, 8.0)
-                continue
-
-            async def reader(ws=ws) -> None:
-                with contextlib.suppress(Exception):
-                    async for message in ws:
-                        frame = json.loads(message)
-                        if frame.get("type") in ("welcome", "control"):
-                            interval[0] = frame["metrics_interval"]
-                            stats["control"] += frame["type"] == "control"
-
-            read = None
-            try:
-                await ws.send(hello)
-                read = asyncio.create_task(reader())
-                if not counted:
-                    counted = True
-                    stats["connected"] += 1
-                while time.time() < stop_at:
-                    next_at = max(next_at + interval[0], loop.time())
-                    await asyncio.sleep(next_at - loop.time())
-                    now = time.time()
-                    await ws.send(prefix + repr(now) + suffix)
-                    if window[0] <= now < window[1]:
-                        stats["sent"] += 1
-                with contextlib.suppress(Exception):
-                    await ws.close()
-            except Exception as exc:
-                stats[f"dropped:{type(exc).__name__}"] += 1
-            finally:
-                if read is not None:
-                    read.cancel()
-
-    async def main() -> None:
-        spread = ramp / max(1, len(secrets))
-        await asyncio.gather(*(agent(s, i * spread) for i, s in enumerate(secrets)))
-
-    asyncio.run(main())
-    out.put(dict(stats))
-
-
-# ---- the "browser" ----------------------------------------------------------------------------------------
-
-
-async def browser(base: str, cookie: str, node_ids: list[int], window: tuple[float, float],
-                  latencies: list[float], stop_at: float) -> None:
-    await asyncio.gather(*(node_page(base, cookie, n, window, latencies, stop_at) for n in node_ids))
-
-
-async def node_page(base: str, cookie: str, node_id: int, window: tuple[float, float],
-                    latencies: list[float], stop_at: float) -> None:
-    import websockets
-
-    url = base.replace("http://", "ws://") + "/ws/live/"
-    async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": base},
-                                  max_size=2**24, open_timeout=60) as ws:
-        await ws.send(json.dumps({"type": "subscribe", "topics": [f"telemetry:node:{node_id}"]}))
-        while time.time() < stop_at:
-            try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, stop_at - time.time())))
-            except TimeoutError:
-                break
-            now = time.time()
-            if message.get("kind") != "telemetry" or not window[0] <= now < window[1]:
-                continue
-            for entry in message.get("nodes", {}).values():
-                latencies.append(now - entry["latest"]["agent_ts"])
-
+from telemetry_load import browser, frames, generator  # noqa: E402  (bench/ is on sys.path)
 
 # ---- servers ----------------------------------------------------------------------------------------------
 

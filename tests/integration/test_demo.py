@@ -13,16 +13,16 @@ import time
 
 import pytest
 
+from tests.browser import launch, needs_chromium
 from tests.integration.harness import ROOT, free_port, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
 OFFLINE_AFTER = 5
 PASSWORD = "demo-password-for-tests"
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian chromium at {CHROMIUM}"),
+    needs_chromium,
 ]
 
 
@@ -66,8 +66,7 @@ def test_demo_fleet_live_in_the_browser(demo):
     assert len(pids) == 8 and sum(name.startswith("edge-") for name in pids) == 5, output
 
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch(p)
         try:
             page = browser.new_page()
             page.goto(demo["url"] + "/")

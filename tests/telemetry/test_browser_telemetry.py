@@ -4,21 +4,20 @@ alert feed without a reload; a hidden tab stops its stream."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
+from tests.browser import launch, needs_chromium
 from tests.integration.harness import Stack, wait_until
 from tests.telemetry.test_telemetry_end_to_end import enroll_and_run
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "browser-test-password-1"
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.integration,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian chromium at {CHROMIUM}"),
+    needs_chromium,
 ]
 
 
@@ -38,8 +37,7 @@ def test_live_chart_value_changes_within_three_seconds(stack: Stack, tmp_path) -
     try:
         wait_until(lambda: "welcomed" in agent.log(), 20, "the agent to connect")
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = launch(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.on("pageerror", lambda error: errors.append(str(error)))

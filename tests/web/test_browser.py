@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import urllib.request
 
 import pytest
 
+from tests.browser import launch, needs_chromium
 from tests.integration.harness import Stack
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "browser-test-password-1"
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.integration,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian chromium at {CHROMIUM}"),
+    needs_chromium,
 ]
 
 
@@ -70,8 +69,7 @@ def test_live_status_without_reload(stack: Stack, agent_loop) -> None:
     base = stack.url()
     errors: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch(p)
         try:
             page = browser.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
