@@ -9,21 +9,49 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024
 
+# Bounds (DESIGN §3): every number finite and within what its column and its consumers take, every
+# string within its column's length. JSON numbers past 2**53 lose precision in browsers and in float
+# arithmetic (rollup averages), so no count or byte value may exceed it.
+MAX_INT = 2**53
+MAX_INT32 = 2**31 - 1
+MAX_TS = 4_102_444_800.0  # 2100-01-01: a timestamp past it is a broken clock, not a sample
+
+
+def _text(value: str) -> str:
+    """No NUL (PostgreSQL refuses it in text) and no lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def Text(max_length: int, min_length: int = 0):  # noqa: N802 - a type factory, used like a type
+    return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(_text)]
+
+
 NodeKindName = Literal["gpu_server", "edge_device"]
-Str = Annotated[str, Field(max_length=512)]
-ShortStr = Annotated[str, Field(max_length=128)]
-NonNegInt = Annotated[int, Field(ge=0)]
-Labels = Annotated[dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]],
-                   Field(max_length=64)]
+Str = Text(512)
+ShortStr = Text(128)
+NonNegInt = Annotated[int, Field(ge=0, le=MAX_INT)]
+Count = Annotated[int, Field(ge=0, le=MAX_INT32)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Timestamp = Annotated[float, Field(ge=0, le=MAX_TS)]
+GpuIndex = Annotated[int, Field(ge=0, le=1023)]
+GpuUuid = Text(96, min_length=1)
+Labels = Annotated[dict[Text(63, min_length=1), Text(63)], Field(max_length=64)]
+Sha = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Frame(_Model):
@@ -34,10 +62,10 @@ class _Frame(_Model):
 
 
 class HostFacts(_Model):
-    hostname: Str
-    os: Str = ""
-    arch: ShortStr = ""
-    cpu_count: NonNegInt | None = None
+    hostname: Text(255)
+    os: Text(200) = ""
+    arch: Text(32) = ""
+    cpu_count: Annotated[int, Field(ge=0, le=65535)] | None = None
     memory_bytes: NonNegInt | None = None
     disk_bytes: NonNegInt | None = None
     kind: NodeKindName | None = None
@@ -45,18 +73,18 @@ class HostFacts(_Model):
 
 
 class GpuInfo(_Model):
-    index: Annotated[int, Field(ge=0, le=1023)]
-    uuid: Annotated[str, Field(min_length=1, max_length=96)]
+    index: GpuIndex
+    uuid: GpuUuid
     name: ShortStr
     memory_total_bytes: NonNegInt | None = None
-    driver_version: ShortStr | None = None
-    cuda_version: ShortStr | None = None
+    driver_version: Text(40) | None = None
+    cuda_version: Text(20) | None = None
     mig_mode: bool | None = None
 
 
 class ModelRef(_Model):
-    repo: Str
-    sha: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    repo: Text(200, min_length=1)
+    sha: Sha
 
 
 class GpuProcess(_Model):
@@ -66,28 +94,28 @@ class GpuProcess(_Model):
 
 
 class GpuSample(_Model):
-    index: Annotated[int, Field(ge=0, le=1023)]
-    uuid: Annotated[str, Field(min_length=1, max_length=96)]
+    index: GpuIndex
+    uuid: GpuUuid
     lost: bool = False
-    utilization_gpu: Annotated[float, Field(ge=0, le=100)] | None = None
-    utilization_memory: Annotated[float, Field(ge=0, le=100)] | None = None
+    utilization_gpu: Percent | None = None
+    utilization_memory: Percent | None = None
     memory_used_bytes: NonNegInt | None = None
     memory_total_bytes: NonNegInt | None = None
-    temperature_c: float | None = None
-    power_w: Annotated[float, Field(ge=0)] | None = None
-    power_limit_w: Annotated[float, Field(ge=0)] | None = None
-    sm_clock_mhz: NonNegInt | None = None
-    mem_clock_mhz: NonNegInt | None = None
-    fan_percent: Annotated[float, Field(ge=0, le=100)] | None = None
-    energy_j: Annotated[float, Field(ge=0)] | None = None
+    temperature_c: Annotated[float, Field(ge=-273.15, le=1000)] | None = None
+    power_w: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    power_limit_w: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    sm_clock_mhz: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    mem_clock_mhz: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    fan_percent: Percent | None = None
+    energy_j: Annotated[float, Field(ge=0, le=1e18)] | None = None
     ecc_corrected: NonNegInt | None = None
     ecc_uncorrected: NonNegInt | None = None
-    xids: Annotated[list[NonNegInt], Field(max_length=64)] = []
+    xids: Annotated[list[Count], Field(max_length=64)] = []
     processes: Annotated[list[GpuProcess], Field(max_length=256)] = []
 
 
 class HostSample(_Model):
-    cpu_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    cpu_percent: Percent | None = None
     memory_used_bytes: NonNegInt | None = None
     memory_total_bytes: NonNegInt | None = None
     disk_used_bytes: NonNegInt | None = None
@@ -96,7 +124,36 @@ class HostSample(_Model):
 
 class ChatMessage(_Model):
     role: Literal["system", "user", "assistant"]
-    content: Annotated[str, Field(max_length=200_000)]
+    content: Text(200_000)
+
+
+class ChatParams(_Model):
+    """Sampling parameters a runtime honours (OpenAI names). Absent: the runtime's defaults."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
+    stop: Annotated[list[Text(256, min_length=1)], Field(max_length=4)] = []
+    seed: Annotated[int, Field(ge=0, le=MAX_INT32)] | None = None
+
+
+RuntimeName = Literal["builtin", "vllm", "llamacpp"]
+RuntimeState = Literal["stopped", "starting", "ready", "failed"]
+
+
+class RuntimeStatus(_Model):
+    """One runtime process on the node, serving one active model version over OpenAI HTTP on 127.0.0.1."""
+
+    runtime: RuntimeName
+    repo: Text(200, min_length=1)
+    sha: Sha
+    state: RuntimeState
+    reason: Str | None = None  # why it failed, or what it is waiting for
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    tokens_served: NonNegInt = 0  # completion tokens generated since the agent started it
+    requests_active: Count = 0  # chats in progress now (least-busy routing)
+    restarts: Count = 0
+    log_tail: Annotated[list[Text(400)], Field(max_length=50)] = []  # last lines of its log
 
 
 # ---- agent → server -------------------------------------------------------------------------------
@@ -108,15 +165,16 @@ class Hello(_Frame):
     host: HostFacts
     gpus: Annotated[list[GpuInfo], Field(max_length=256)] = []
     gpu_note: Str | None = None
-    runtimes: Annotated[list[ShortStr], Field(max_length=16)] = []
+    runtimes: Annotated[list[ShortStr], Field(max_length=16)] = []  # adapters this agent can start
     installed: Annotated[list[ModelRef], Field(max_length=256)] = []
     active: Annotated[list[ModelRef], Field(max_length=16)] = []
     in_flight: Annotated[list[ShortStr], Field(max_length=256)] = []
+    serving: Annotated[list[RuntimeStatus], Field(max_length=16)] = []  # one per active version
 
 
 class Metrics(_Frame):
     type: Literal["metrics"]
-    ts: float
+    ts: Timestamp
     gpus: Annotated[list[GpuSample], Field(max_length=256)] = []
     host: HostSample | None = None
 
@@ -124,7 +182,7 @@ class Metrics(_Frame):
 class MetricsPoint(_Model):
     """One buffered sample in a catch-up batch (processes left out: they only matter now)."""
 
-    ts: float
+    ts: Timestamp
     gpus: Annotated[list[GpuSample], Field(max_length=256)] = []
     host: HostSample | None = None
 
@@ -134,7 +192,7 @@ class MetricsBatch(_Frame):
     at sending, so the server can map ``ts`` onto its own clock."""
 
     type: Literal["metrics.batch"]
-    sent: float
+    sent: Timestamp
     points: Annotated[list[MetricsPoint], Field(min_length=1, max_length=600)]
 
 
@@ -145,19 +203,27 @@ class CommandEvent(_Frame):
     bytes_done: NonNegInt | None = None
     bytes_total: NonNegInt | None = None
     error: Str | None = None
+    detail: Text(4096) | None = None  # e.g. a health check's answer
+
+
+class RuntimeReport(_Frame):
+    """Sent on every change of any runtime's state (and its full list, so a lost frame heals)."""
+
+    type: Literal["runtime"]
+    serving: Annotated[list[RuntimeStatus], Field(max_length=16)] = []
 
 
 class ChatDelta(_Frame):
     type: Literal["chat.delta"]
     request_id: ShortStr
-    text: Annotated[str, Field(max_length=65536)]
+    text: Text(65536)
 
 
 class ChatDone(_Frame):
     type: Literal["chat.done"]
     request_id: ShortStr
     finish_reason: ShortStr = "stop"
-    usage: dict[ShortStr, NonNegInt] = {}
+    usage: Annotated[dict[ShortStr, NonNegInt], Field(max_length=8)] = {}
 
 
 class ChatError(_Frame):
@@ -172,7 +238,8 @@ class Pong(_Frame):
 
 
 AgentFrame = Annotated[
-    Hello | Metrics | MetricsBatch | CommandEvent | ChatDelta | ChatDone | ChatError | Pong, Field(discriminator="type")
+    Hello | Metrics | MetricsBatch | CommandEvent | RuntimeReport | ChatDelta | ChatDone | ChatError | Pong,
+    Field(discriminator="type"),
 ]
 
 # ---- server → agent -------------------------------------------------------------------------------
@@ -186,6 +253,7 @@ class Welcome(_Frame):
     metrics_interval: Annotated[float, Field(gt=0)]
     offline_after: Annotated[float, Field(gt=0)]
     mirror_url: Str = ""
+    max_metrics_frame_bytes: Annotated[int, Field(gt=0)] | None = None  # catch-up batches must fit it
 
 
 class Deploy(_Frame):
@@ -220,15 +288,19 @@ class Remove(_Frame):
 class HealthCheck(_Frame):
     type: Literal["healthcheck"]
     command_id: ShortStr
-    prompt: Annotated[str, Field(max_length=10_000)]
+    repo: Text(200, min_length=1)
+    sha: Sha
+    prompt: Text(10_000)
+    expect: Text(1000) | None = None  # the answer must contain this, when given
     timeout: Annotated[float, Field(gt=0, le=3600)] = 60
 
 
 class Chat(_Frame):
     type: Literal["chat"]
     request_id: ShortStr
+    repo: Text(200, min_length=1) | None = None  # which active version answers; None: the only one
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=512)]
-    params: dict[ShortStr, Any] = {}
+    params: ChatParams = ChatParams()
 
 
 class ChatCancel(_Frame):
