@@ -37,9 +37,11 @@ def authenticate_api_key(plaintext: str, scope: str) -> ApiKey | None:
     if not plaintext or not plaintext.startswith("fak_"):
         return None
     key = ApiKey.objects.select_related("user").filter(key_hash=hash_secret(plaintext), revoked_at__isnull=True).first()
+    now = timezone.now()
     if key is None or scope not in key.scopes or not key.user.has_role("viewer"):
         return None
-    now = timezone.now()
+    if key.expires_at is not None and key.expires_at <= now:
+        return None
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_PRECISION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key

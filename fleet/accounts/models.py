@@ -57,7 +57,8 @@ class AuditEvent(models.Model):
 class ApiScope(models.TextChoices):
     METRICS = "metrics", "Prometheus /metrics"
     HUB = "hub", "Hugging Face mirror /hf/"
-    INFERENCE = "inference", "OpenAI-compatible /v1"
+    CHAT = "chat", "OpenAI-compatible gateway /v1"
+    ROLLOUTS = "rollouts", "Rollouts JSON API /api/"
 
 
 class ApiKey(models.Model):
@@ -71,6 +72,9 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="None: never expires.")
+    # Models (repo ids or deployment names) a `chat` key may use; empty: all of them.
+    allowed_models = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
