@@ -149,6 +149,8 @@ INSTALLED_APPS = [
     "fleet.agents",
     "fleet.telemetry",
     "fleet.hub",
+    "fleet.rollouts",
+    "fleet.playground",
     "fleet.web",
 ]
 

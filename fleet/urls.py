@@ -10,6 +10,8 @@ urlpatterns = [
     path("api/agents/", include("fleet.agents.urls")),
     path("hf/", include("fleet.hub.urls_mirror")),
     path("models/", include("fleet.hub.urls")),
+    path("playground/", include("fleet.playground.urls")),
+    path("v1/", include("fleet.playground.urls_gateway")),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
     path("", include("fleet.web.urls")),

@@ -1,0 +1,5 @@
+"""The OpenAI-compatible fleet gateway (`/v1/`)."""
+
+from django.urls import path  # noqa: F401
+
+urlpatterns: list = []
