@@ -94,7 +94,7 @@ class Fleet:
         self.port = free_port()
         self.log = open(self.tmp / "daphne.log", "a")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "fleet.asgi:application"],
+            [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(self.port), "fleet.asgi:application"],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{self.port}"
         for _ in range(150):

@@ -34,6 +34,7 @@ def tasks() -> list[Task]:
         ("offline-sweep", presence.sweep_interval(), presence.sweep_offline),
         ("fleet-summary", summary.INTERVAL, summary.publish_if_stale),
         ("telemetry-retention", 3600.0, telemetry_records.prune),
+        ("lost-gpu-retention", 3600.0, presence.prune_lost_gpus),
         ("hub-sync", 2.0, hub_sync.tick),
     ]
 

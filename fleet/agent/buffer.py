@@ -10,7 +10,9 @@ from fleet.agent.protocol import Metrics, MetricsBatch, MetricsPoint
 
 BUFFER_SECONDS = 300.0  # "the last few minutes"
 MAX_POINTS = 600  # also bounded by count, whatever the interval
-BATCH_POINTS = 60  # points per catch-up frame: 8 GPUs x 60 stays far under the 1 MiB frame limit
+BATCH_POINTS = 60  # points per catch-up frame at most
+BATCH_BYTES = 256 * 1024  # the server's cap for metrics frames unless its welcome says otherwise
+BATCH_ENVELOPE = 128  # bytes of a batch frame around its points (type, v, sent, seq)
 
 
 class MetricsBuffer:
@@ -34,14 +36,29 @@ class MetricsBuffer:
             self.points.popleft()
             self.dropped += 1
 
-    def next_batch(self, size: int = BATCH_POINTS) -> MetricsBatch | None:
-        """The oldest ``size`` points as one frame (not removed: call ``sent`` once it went out)."""
+    def next_batch(self, size: int = BATCH_POINTS, max_bytes: int = BATCH_BYTES, seq: int = 0) -> MetricsBatch | None:
+        """The oldest points that fit in one frame of at most ``max_bytes`` serialized (not removed:
+        call ``accepted`` once the server acknowledged it). A point too large for any frame is dropped."""
         self._expire(time.time())
-        if not self.points:
+        points: list[MetricsPoint] = []
+        used = BATCH_ENVELOPE
+        while len(points) < min(size, len(self.points)):
+            point = self.points[len(points)]
+            cost = len(point.model_dump_json(exclude_none=True, exclude_defaults=True)) + 1
+            if not points and cost + BATCH_ENVELOPE > max_bytes:
+                self.points.popleft()  # alone it is over the cap: the server could never take it
+                self.dropped += 1
+                continue
+            if used + cost > max_bytes:
+                break
+            points.append(point)
+            used += cost
+        if not points:
             return None
-        points = [self.points[i] for i in range(min(size, len(self.points)))]
-        return MetricsBatch(type="metrics.batch", sent=time.time(), points=points)
+        return MetricsBatch(type="metrics.batch", sent=time.time(), seq=seq, points=points)
 
-    def sent(self, batch: MetricsBatch) -> None:
-        for _ in range(min(len(batch.points), len(self.points))):
+    def accepted(self, batch: MetricsBatch) -> None:
+        """The server took ``batch``: forget its points (those still at the head of the buffer)."""
+        taken = {point.ts for point in batch.points}
+        while self.points and self.points[0].ts in taken:
             self.points.popleft()

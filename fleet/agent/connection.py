@@ -23,11 +23,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from fleet.agent import AGENT_VERSION
-from fleet.agent.buffer import MetricsBuffer
+from fleet.agent.buffer import BATCH_BYTES, MetricsBuffer
 from fleet.agent.collectors import Collector
 from fleet.agent.deployer import Deployer
 from fleet.agent.hostfacts import collect_host_facts
 from fleet.agent.protocol import (
+    Ack,
     Activate,
     Chat,
     ChatCancel,
@@ -42,6 +43,7 @@ from fleet.agent.protocol import (
     HostFacts,
     HostSample,
     Metrics,
+    MetricsBatch,
     NodeKindName,
     Ping,
     Pong,
@@ -90,6 +92,9 @@ PING_INTERVAL = 20.0
 CLOSE_TIMEOUT = 10.0
 STABLE_AFTER = 5.0
 MIN_METRICS_INTERVAL = 0.05
+ACK_TIMEOUT = 10.0  # a catch-up batch not acknowledged by then stays buffered for the next connection
+CLOSE_TRY_AGAIN_LATER = 1013
+BATCH_REFUSALS = {"invalid_frame", "metrics_too_large", "frame_too_large"}  # error codes that mean "never"
 DEFAULT_METRICS_INTERVAL = 1.0  # until a welcome says otherwise
 
 COMMAND_FRAMES = (Deploy, Activate, Rollback, Remove, HealthCheck)
@@ -167,6 +172,8 @@ class AgentSession:
         self.buffer = MetricsBuffer()
         self.streaming = 0  # metrics tasks sending now (a replaced one may still be unwinding); 0: buffer
         self.metrics_interval = DEFAULT_METRICS_INTERVAL
+        self.batch_seq = 0
+        self.awaiting_ack: tuple[MetricsBatch, asyncio.Future] | None = None  # the catch-up batch in flight
 
     # ---- status.json ------------------------------------------------------------------------------
 
@@ -237,10 +244,7 @@ class AgentSession:
         next_at = loop.time()
         self.streaming += 1
         try:
-            # Catch up first: what was sampled while the socket was down, oldest first.
-            while (batch := self.buffer.next_batch()) is not None:
-                await ws.send(batch.model_dump_json(exclude_none=True, exclude_defaults=True))  # compact
-                self.buffer.sent(batch)
+            await self.catch_up(ws)  # first what was sampled while the socket was down, oldest first
             while True:
                 # Fixed cadence, but never a burst to catch up after a slow sample.
                 next_at = max(next_at + interval, loop.time())
@@ -255,6 +259,44 @@ class AgentSession:
             pass
         finally:
             self.streaming -= 1
+
+    async def catch_up(self, ws: ClientConnection) -> None:
+        """Send the buffer in frames the server announced it takes; forget points only when acknowledged."""
+        cap = (self.welcome.max_metrics_frame_bytes if self.welcome else None) or BATCH_BYTES
+        loop = asyncio.get_running_loop()
+        while True:
+            self.batch_seq += 1
+            batch = self.buffer.next_batch(max_bytes=cap, seq=self.batch_seq)
+            if batch is None:
+                return
+            outcome = loop.create_future()
+            self.awaiting_ack = (batch, outcome)
+            try:
+                await ws.send(batch.model_dump_json(exclude_none=True, exclude_defaults=True))  # compact
+                # asyncio.wait, not wait_for: on 3.11 wait_for swallows a cancel that meets a done future.
+                await asyncio.wait({outcome}, timeout=ACK_TIMEOUT)
+            finally:
+                self.awaiting_ack = None
+            if not outcome.done():
+                log.warning("catch-up batch %d not acknowledged; %d points kept for the next connection",
+                            batch.seq, len(self.buffer))
+                return
+
+    def _settle_batch(self, outcome: Ack | Error) -> None:
+        """An ack (or a refusal that can never be taken) for the batch in flight: forget its points now,
+        in the receive loop, so a metrics task cancelled meanwhile cannot send them twice."""
+        if self.awaiting_ack is None:
+            return
+        batch, future = self.awaiting_ack
+        refused = isinstance(outcome, Error) and outcome.code in BATCH_REFUSALS
+        if future.done() or not (refused or (isinstance(outcome, Ack) and outcome.seq == batch.seq)):
+            return
+        if refused:
+            log.warning("server refused catch-up batch %d (%s: %s); dropping its %d points",
+                        batch.seq, outcome.code, outcome.detail, len(batch.points))
+            self.buffer.dropped += len(batch.points)
+        self.buffer.accepted(batch)
+        future.set_result(outcome)
 
     async def buffer_while_down(self) -> None:
         """Keep sampling while no connection streams metrics, so a reconnect can send a catch-up."""
@@ -286,9 +328,12 @@ class AgentSession:
             if "metrics" in tasks:
                 tasks.pop("metrics").cancel()
             tasks["metrics"] = asyncio.create_task(self.send_metrics(ws, frame.metrics_interval))
+        elif isinstance(frame, Ack):
+            self._settle_batch(frame)
         elif isinstance(frame, Error):
             log.warning("server reported an error: %s: %s", frame.code, frame.detail)
             self.set_status(last_error=f"server: {frame.code}: {frame.detail}")
+            self._settle_batch(frame)
         elif isinstance(frame, MODEL_COMMANDS):
             await self.deployer.handle(frame)
         elif isinstance(frame, COMMAND_FRAMES):
@@ -375,6 +420,8 @@ class AgentSession:
                     if code == CLOSE_REPLACED:
                         raise _Fatal(EXIT_REPLACED, REPLACED_MESSAGE)
                     lived = loop.time() - opened
+                    if code == CLOSE_TRY_AGAIN_LATER:
+                        log.warning("the server is at capacity (close 1013); retrying with backoff")
                     self.set_status(connected=False, last_error=f"connection closed (code {code})")
                     if lived >= STABLE_AFTER:
                         short_lived = None

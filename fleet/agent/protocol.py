@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024
@@ -48,6 +48,7 @@ GpuIndex = Annotated[int, Field(ge=0, le=1023)]
 GpuUuid = Text(96, min_length=1)
 Labels = Annotated[dict[Text(63, min_length=1), Text(63)], Field(max_length=64)]
 Sha = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+RepoId = Text(96, min_length=1)  # the hub's column (and Hugging Face's own limit)
 
 
 class _Model(BaseModel):
@@ -83,7 +84,7 @@ class GpuInfo(_Model):
 
 
 class ModelRef(_Model):
-    repo: Text(200, min_length=1)
+    repo: RepoId
     sha: Sha
 
 
@@ -145,7 +146,7 @@ class RuntimeStatus(_Model):
     """One runtime process on the node, serving one active model version over OpenAI HTTP on 127.0.0.1."""
 
     runtime: RuntimeName
-    repo: Text(200, min_length=1)
+    repo: RepoId
     sha: Sha
     state: RuntimeState
     reason: Str | None = None  # why it failed, or what it is waiting for
@@ -154,6 +155,18 @@ class RuntimeStatus(_Model):
     requests_active: Count = 0  # chats in progress now (least-busy routing)
     restarts: Count = 0
     log_tail: Annotated[list[Text(400)], Field(max_length=50)] = []  # last lines of its log
+
+
+def _distinct(gpus: list[Any]) -> list[Any]:
+    """One entry per GPU: a repeated uuid or index would make two rows (or series) of one device."""
+    for key in ("uuid", "index"):
+        seen: set[Any] = set()
+        for gpu in gpus:
+            value = getattr(gpu, key)
+            if value in seen:
+                raise ValueError(f"two GPUs have {key} {value!r}; each GPU must appear once")
+            seen.add(value)
+    return gpus
 
 
 # ---- agent → server -------------------------------------------------------------------------------
@@ -171,12 +184,22 @@ class Hello(_Frame):
     in_flight: Annotated[list[ShortStr], Field(max_length=256)] = []
     serving: Annotated[list[RuntimeStatus], Field(max_length=16)] = []  # one per active version
 
+    @field_validator("gpus")
+    @classmethod
+    def _distinct_gpus(cls, gpus: list[GpuInfo]) -> list[GpuInfo]:
+        return _distinct(gpus)
+
 
 class Metrics(_Frame):
     type: Literal["metrics"]
     ts: Timestamp
     gpus: Annotated[list[GpuSample], Field(max_length=256)] = []
     host: HostSample | None = None
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct_gpus(cls, gpus: list[GpuSample]) -> list[GpuSample]:
+        return _distinct(gpus)
 
 
 class MetricsPoint(_Model):
@@ -193,12 +216,13 @@ class MetricsBatch(_Frame):
 
     type: Literal["metrics.batch"]
     sent: Timestamp
+    seq: Count = 0  # the server acknowledges each batch it took (``ack``); only then are points dropped
     points: Annotated[list[MetricsPoint], Field(min_length=1, max_length=600)]
 
 
 class CommandEvent(_Frame):
     type: Literal["event"]
-    command_id: ShortStr
+    command_id: Text(64)
     state: ShortStr
     bytes_done: NonNegInt | None = None
     bytes_total: NonNegInt | None = None
@@ -288,7 +312,7 @@ class Remove(_Frame):
 class HealthCheck(_Frame):
     type: Literal["healthcheck"]
     command_id: ShortStr
-    repo: Text(200, min_length=1)
+    repo: RepoId
     sha: Sha
     prompt: Text(10_000)
     expect: Text(1000) | None = None  # the answer must contain this, when given
@@ -298,7 +322,7 @@ class HealthCheck(_Frame):
 class Chat(_Frame):
     type: Literal["chat"]
     request_id: ShortStr
-    repo: Text(200, min_length=1) | None = None  # which active version answers; None: the only one
+    repo: RepoId | None = None  # which active version answers; None: the only one
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=512)]
     params: ChatParams = ChatParams()
 
@@ -316,6 +340,13 @@ class Control(_Frame):
     reason: Str = ""
 
 
+class Ack(_Frame):
+    """A ``metrics.batch`` was taken: the agent may forget its points."""
+
+    type: Literal["ack"]
+    seq: Count
+
+
 class Ping(_Frame):
     type: Literal["ping"]
     nonce: ShortStr = ""
@@ -328,7 +359,7 @@ class Error(_Frame):
 
 
 ServerFrame = Annotated[
-    Welcome | Deploy | Activate | Rollback | Remove | HealthCheck | Chat | ChatCancel | Control | Ping | Error,
+    Welcome | Deploy | Activate | Rollback | Remove | HealthCheck | Chat | ChatCancel | Control | Ack | Ping | Error,
     Field(discriminator="type"),
 ]
 
@@ -340,6 +371,7 @@ class FrameError(ValueError):
     """A frame that cannot be accepted; ``code`` and ``detail`` go back in an ``error`` frame."""
 
     def __init__(self, code: str, detail: str):
+        detail = detail[:500]  # it goes back in an `error` frame, whose detail is bounded
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
@@ -353,10 +385,12 @@ def _describe(error: ValidationError, tagged: bool) -> str:
     loc = list(first.get("loc", ()))
     if tagged and loc:
         loc = loc[1:]  # the first element is the discriminator value ("hello"), not a field
-    field = ".".join(str(part) for part in loc) or "frame"
-    message = first.get("msg", "invalid")
+    # A dict key is the agent's own text: quoted and cut, so the field path stays one readable token.
+    parts = [str(part) if isinstance(part, int) or str(part).isidentifier() else repr(str(part)[:40]) for part in loc]
+    field = ".".join(parts) or "frame"
+    message = first.get("msg", "invalid")[:200]
     extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{field}: {message}{extra}"
+    return f"{field[:200]}: {message}{extra}"
 
 
 def _parse(data: str | bytes, adapter: TypeAdapter, max_bytes: int) -> Any:
@@ -367,6 +401,8 @@ def _parse(data: str | bytes, adapter: TypeAdapter, max_bytes: int) -> Any:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError("invalid_json", f"frame: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise FrameError("invalid_json", "frame: nested too deeply") from None
     if not isinstance(raw, dict):
         raise FrameError("invalid_frame", "frame: must be a JSON object with a 'type' field")
     if "type" not in raw:
@@ -374,14 +410,14 @@ def _parse(data: str | bytes, adapter: TypeAdapter, max_bytes: int) -> Any:
     if raw.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
         raise FrameError(
             "unsupported_version",
-            f"v: protocol version {raw.get('v')!r} is not supported; use {PROTOCOL_VERSION}",
+            f"v: protocol version {str(raw.get('v'))[:20]!r} is not supported; use {PROTOCOL_VERSION}",
         )
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         if first.get("type") == "union_tag_invalid":
-            raise FrameError("unknown_type", f"type: unknown frame type {raw.get('type')!r}") from None
+            raise FrameError("unknown_type", f"type: unknown frame type {str(raw.get('type'))[:40]!r}") from None
         raise FrameError("invalid_frame", _describe(exc, tagged=True)) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -16,6 +17,8 @@ from fleet import events
 from fleet.agent import protocol
 from fleet.agents import presence
 from fleet.hub import commands as hub_commands
+from fleet.lib.errors import FieldError
+from fleet.lib.ratelimit import TokenBucket
 from fleet.telemetry.ingest import AgentTelemetry
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
 ERROR_BUDGET = 20  # invalid frames tolerated per minute before the agent counts as flooding
+HELLO_BURST = 3
+HELLO_EVERY = 10.0  # seconds per further hello
 
 _open = 0  # agent connections open in this process
 _local: dict[int, str] = {}  # node id → channel name of its newest connection in this process
@@ -58,8 +63,23 @@ def _ensure_command_poll() -> None:
         _command_polls[loop] = loop.create_task(_poll_commands())
 
 
+def open_connections() -> int:
+    """Agent connections this process holds now."""
+    return _open
+
+
 class AgentConsumer(AsyncWebsocketConsumer):
     node_id: int | None = None
+    counted = False  # this instance holds one of the process's FLEET_MAX_AGENT_CONNECTIONS slots
+
+    async def __call__(self, scope, receive, send) -> None:
+        # The slot and the group membership are released however the instance ends: a raised
+        # exception kills it without `disconnect()` ever running (Channels closes the socket with
+        # 1011), and a leaked slot would, at the cap, lock every agent out.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
 
     async def connect(self) -> None:
         global _open
@@ -68,9 +88,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: Daphne answers the handshake with 403
             return
         if _open >= settings.FLEET_MAX_AGENT_CONNECTIONS:
-            log.warning("refusing agent connection: %d open in this process", _open)
-            await self.close()
+            # Not the 403 of a refused credential: the agent must retry later, not give up.
+            log.warning("agent connection over capacity: %d open in this process; closing with 1013", _open)
+            await self.accept()
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
+        _open += 1
+        self.counted = True
         self.node_id = credential.node_id
         self.credential_id = credential.pk
         self.node_name = credential.node.name
@@ -80,8 +104,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.last_seen_written = 0.0
         self.errors: list[float] = []
         self.tasks: list[asyncio.Task] = []
-        _open += 1
         self.telemetry = AgentTelemetry(self.node_id)
+        self.hellos = TokenBucket(rate=1 / HELLO_EVERY, burst=HELLO_BURST)
         await self.accept()
         # Tell an older connection of this node (in any server process) to go, then join the group.
         await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
@@ -91,18 +115,28 @@ class AgentConsumer(AsyncWebsocketConsumer):
         _ensure_command_poll()
 
     async def disconnect(self, code: int) -> None:
+        if self.node_id is not None:
+            log.info("agent %s disconnected (code %s)", self.node_name, code)
+        await self._release()
+
+    async def _release(self) -> None:
+        """Give back what connect() took; safe to call twice (disconnect, then the instance's end)."""
         global _open
-        if self.node_id is None:
+        if not self.counted:
             return
+        self.counted = False
         _open -= 1
-        if _local.get(self.node_id) == self.channel_name:
-            del _local[self.node_id]
-        self.telemetry.close()
-        for task in self.tasks:
+        node_id, self.node_id = self.node_id, None
+        if _local.get(node_id) == self.channel_name:
+            del _local[node_id]
+        telemetry = getattr(self, "telemetry", None)
+        if telemetry is not None:
+            telemetry.close()
+        for task in getattr(self, "tasks", []):
             task.cancel()
-        await self.channel_layer.group_discard(self.group, self.channel_name)
-        log.info("agent %s disconnected (code %s)", self.node_name, code)
-        self.node_id = None
+        if getattr(self, "group", None):
+            with contextlib.suppress(Exception):  # a broken channel layer must not keep the slot
+                await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def dispatch(self, message: dict) -> None:
         # Channels runs aclose_old_connections() (a thread hop) before every message; for agent frames,
@@ -114,8 +148,18 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await super().dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        data = text_data if text_data is not None else bytes_data or b""
-        if self.node_id is not None and not self.telemetry.admit():  # over budget: dropped unparsed
+        try:
+            await self._receive(text_data if text_data is not None else bytes_data or b"")
+        except Exception:
+            # Validation bounds every value, so this is a bug: it costs this agent one frame (an
+            # error frame, counted against its budget), never the connection or another node's data.
+            log.exception("agent %s: a frame could not be processed", self.node_name)
+            await self._refuse(protocol.FrameError("internal_error", "frame: the server could not process it"))
+
+    async def _receive(self, data: str | bytes) -> None:
+        if not self.counted:
+            return  # refused at connect (over capacity) and closing: nothing to read
+        if not self.telemetry.admit():  # over budget: dropped unparsed
             if self.telemetry.flooding:
                 log.warning("agent %s exceeds its frame budget; closing", self.node_name)
                 await self.close(code=CLOSE_TOO_MANY_ERRORS)
@@ -143,7 +187,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._touch()
 
     async def _on_hello(self, hello: protocol.Hello) -> None:
-        await database_sync_to_async(presence.record_hello)(self.node_id, hello)
+        # A hello costs a transaction (facts, GPUs, inventory): a small budget of its own.
+        if not self.hellos.allow():
+            await self._refuse(protocol.FrameError(
+                "rate_limited", f"type: at most {HELLO_BURST} hello frames, then one per {HELLO_EVERY:g}s; "
+                                "send hello once per connection"))
+            return
+        try:
+            await database_sync_to_async(presence.record_hello)(self.node_id, hello)
+        except FieldError as error:
+            await self._refuse(protocol.FrameError("invalid_hello", f"{error.field}: {error.message}"))
+            return
         self.last_seen_written = time.monotonic()
         first = not self.hello_done
         self.hello_done = True
@@ -156,6 +210,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 metrics_interval=self.telemetry.welcome_interval(),
                 offline_after=settings.FLEET_OFFLINE_AFTER,
                 mirror_url=hub_commands.mirror_url(self.scope),
+                max_metrics_frame_bytes=settings.FLEET_MAX_METRICS_FRAME_BYTES,
             )
         )
         await self._send_commands()  # unfinished model commands: the agent reports what it already reached
@@ -169,6 +224,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if isinstance(reply, protocol.FrameError):
             await self._refuse(reply)
             return
+        if isinstance(frame, protocol.MetricsBatch):
+            await self._send(protocol.Ack(type="ack", seq=frame.seq))  # the agent forgets these points now
         if reply is not None:
             await self._send(reply)
         # last_seen: written for all agents at once by the telemetry flusher (hub.seen), not per agent.

@@ -23,16 +23,23 @@ from fleet.hub import commands as hub_commands
 from fleet.inventory import summary
 from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.inventory.services import set_status
+from fleet.lib.errors import FieldError
 from fleet.telemetry import records as telemetry_records
 
 log = logging.getLogger(__name__)
 
+MAX_LOST_GPUS = 32  # lost GPU rows kept per node beyond the present ones (newest first)
+
 
 def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Node:
-    """Upsert the node's facts and GPUs in one transaction, then mark it online."""
+    """Upsert the node's facts and GPUs in one transaction, then mark it online.
+
+    Raises FieldError (nothing stored) when the hello claims a GPU that another online node reports.
+    """
     now = now or timezone.now()
     host = hello.host
     with transaction.atomic():
+        _check_gpu_owners(node_id, hello)
         node = Node.objects.select_for_update().get(pk=node_id)
         node.hostname = host.hostname
         node.os = host.os
@@ -55,6 +62,30 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
     telemetry_records.node_online(node.pk)  # resolves a node-offline alert, if one is open
     return node
+
+
+def _check_gpu_owners(node_id: int, hello: Hello) -> None:
+    """A GPU UUID belongs to one node (two would make duplicate /metrics series). A GPU that an
+    online node reports as present is refused; one held by a node that is not online has moved here,
+    and is marked lost there."""
+    uuids = {info.uuid: n for n, info in enumerate(hello.gpus)}
+    if not uuids:
+        return
+    elsewhere = Gpu.objects.filter(uuid__in=uuids, state=GpuState.PRESENT).exclude(node_id=node_id)
+    for uuid, owner, owner_status in elsewhere.values_list("uuid", "node__name", "node__status"):
+        if owner_status == NodeStatus.ONLINE:
+            raise FieldError(f"gpus.{uuids[uuid]}.uuid",
+                             f"GPU {uuid} is reported by the online node {owner}; a GPU UUID belongs to one node")
+    elsewhere.update(state=GpuState.LOST)
+
+
+def prune_lost_gpus(now: datetime | None = None) -> int:
+    """Delete GPU rows lost for longer than FLEET_METRICS_RETENTION (an engine task)."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.FLEET_METRICS_RETENTION)
+    deleted, _ = Gpu.objects.filter(state=GpuState.LOST, last_seen__lt=cutoff).delete()
+    if deleted:
+        log.info("deleted %d GPUs lost since before %s", deleted, cutoff)
+    return deleted
 
 
 def _upsert_gpus(node: Node, hello: Hello, now: datetime) -> None:
@@ -82,6 +113,11 @@ def _upsert_gpus(node: Node, hello: Hello, now: datetime) -> None:
         Gpu.objects.bulk_update(to_update, fields)
     if to_create:
         Gpu.objects.bulk_create(to_create)
+    # A node that keeps reporting fresh UUIDs (broken or hostile) must not grow its GPU rows forever.
+    lost = Gpu.objects.filter(node=node, state=GpuState.LOST).order_by("-last_seen", "-pk")
+    stale = list(lost.values_list("pk", flat=True)[MAX_LOST_GPUS:])
+    if stale:
+        Gpu.objects.filter(pk__in=stale).delete()
 
 
 def record_seen(node_id: int, now: datetime | None = None) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from fleet.lib.ratelimit import TokenBucket
+
 FLOOD_CLOSE_DROPS = 200  # frames dropped within FLOOD_WINDOW before the connection is closed
 FLOOD_WINDOW = 60.0
 METRICS_BURST = 5
@@ -23,20 +25,14 @@ class FrameGate:
     """Token bucket for all frames of one connection, plus a floor on the metrics spacing."""
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(2 * rate, 10)
-        self.tokens = self.burst
-        self.stamp = time.monotonic()
+        now = time.monotonic()
+        self.frames = TokenBucket(rate, burst if burst is not None else max(2 * rate, 10), now=now)
+        self.metrics = TokenBucket(0.0, METRICS_BURST, now=now)
         self.drops: list[float] = []
-        self.metrics_tokens = float(METRICS_BURST)
-        self.metrics_stamp = self.stamp
 
     def allow(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.frames.allow(now):
             return True
         self.drop(now)
         return False
@@ -44,11 +40,8 @@ class FrameGate:
     def metrics_allowed(self, interval: float, now: float | None = None) -> bool:
         """Metrics at up to twice the assigned rate, with a small burst (frames bunched by a stall)."""
         now = time.monotonic() if now is None else now
-        rate = 2 / interval
-        self.metrics_tokens = min(METRICS_BURST, self.metrics_tokens + (now - self.metrics_stamp) * rate)
-        self.metrics_stamp = now
-        if self.metrics_tokens >= 1:
-            self.metrics_tokens -= 1
+        self.metrics.rate = 2 / interval
+        if self.metrics.allow(now):
             return True
         self.drop(now)
         return False

@@ -96,7 +96,8 @@ async def test_session_hello_welcome_ping_pong_metrics_and_clean_stop(tmp_path):
         await ws.send(welcome())
         await ws.send(dump(Ping(type="ping", nonce="nonce-123")))
         # health checks come with the runtimes issue: still answered "not supported" (deploys: test_deployer.py)
-        await ws.send(dump(HealthCheck(type="healthcheck", command_id="cmd-1", prompt="hi")))
+        await ws.send(dump(HealthCheck(type="healthcheck", command_id="cmd-1", repo="acme/tiny", sha="0" * 40,
+                                       prompt="hi")))
         await ws.send(dump(Chat(type="chat", request_id="req-1",
                                 messages=[ChatMessage(role="user", content="hi")])))
         await ws.send('{"type": "nonsense", "v": 1}')  # ignored, connection stays up
@@ -208,6 +209,30 @@ async def test_failed_handshake_503_is_retried(tmp_path):
         await asyncio.wait_for(up.wait(), 5)
         stop.set()
         assert await asyncio.wait_for(task, 5) == EXIT_OK
+
+
+async def test_close_1013_at_capacity_is_retried_with_backoff_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEBSOCKETS_BACKOFF_INITIAL_DELAY", "0.1")
+    monkeypatch.setenv("WEBSOCKETS_BACKOFF_MIN_DELAY", "0.1")
+    up = asyncio.Event()
+
+    async def handler(ws, n):
+        if n == 1:
+            await ws.close(1013, "try again later")
+            return
+        await ws.recv()
+        await ws.send(welcome())
+        up.set()
+        await ws.wait_closed()
+
+    stop = asyncio.Event()
+    async with FakeServer(handler) as server:
+        task = start(server.url, tmp_path, stop)
+        await asyncio.wait_for(up.wait(), 10)
+        assert read_status(tmp_path)["connected"] is True
+        stop.set()
+        assert await asyncio.wait_for(task, 5) == EXIT_OK
+    assert server.connections == 2
 
 
 async def test_close_4409_stops_with_exit_4(tmp_path):

@@ -101,8 +101,81 @@ def test_buffer_keeps_the_last_minutes_compactly(monkeypatch):
     batch = buffer.next_batch()
     assert len(batch.points) == BATCH_POINTS and batch.points[0].ts == T + 99
     assert parse_agent_frame(dump(batch)).type == "metrics.batch"
-    buffer.sent(batch)
+    buffer.accepted(batch)
     assert len(buffer) == 301 - BATCH_POINTS
+
+
+def big_sample(ts: float, gpus: int = 16) -> Metrics:
+    return Metrics(type="metrics", ts=ts, gpus=[
+        GpuSample(index=i, uuid=f"GPU-{i:036d}", utilization_gpu=55.5, utilization_memory=12.25,
+                  memory_used_bytes=40 << 30, memory_total_bytes=80 << 30, temperature_c=61.5, power_w=312.25,
+                  power_limit_w=700.0, sm_clock_mhz=1980, mem_clock_mhz=2619, fan_percent=40.0,
+                  energy_j=123456789.5, ecc_corrected=0, ecc_uncorrected=0) for i in range(gpus)])
+
+
+def test_catch_up_batches_fit_the_servers_metrics_frame_cap(monkeypatch):
+    """A full 60-point batch of a 16-GPU node was ~334 KB, over the server's 256 KiB cap, and was lost."""
+    buffer = MetricsBuffer(seconds=300)
+    for i in range(180):
+        buffer.add(big_sample(T + i))
+    monkeypatch.setattr("fleet.agent.buffer.time.time", lambda: T + 180)
+    cap = 256 * 1024
+    sent = []
+    while (batch := buffer.next_batch(max_bytes=cap)) is not None:
+        frame = batch.model_dump_json(exclude_none=True, exclude_defaults=True)
+        assert len(frame) <= cap
+        parse_agent_frame(frame)
+        sent += [p.ts for p in batch.points]
+        buffer.accepted(batch)
+    assert sent == [T + i for i in range(180)]  # every point, in order, none dropped
+    assert buffer.dropped == 0
+
+
+def test_points_are_kept_until_the_server_acknowledges_them(monkeypatch):
+    buffer = MetricsBuffer(seconds=300)
+    for i in range(10):
+        buffer.add(sample(T + i))
+    monkeypatch.setattr("fleet.agent.buffer.time.time", lambda: T + 10)
+    first = buffer.next_batch(size=4)
+    again = buffer.next_batch(size=4)  # the connection died before an ack: the same points go again
+    assert [p.ts for p in again.points] == [p.ts for p in first.points]
+    buffer.accepted(again)
+    assert buffer.points[0].ts == T + 4 and len(buffer) == 6
+
+
+async def test_unacknowledged_catch_up_is_resent_on_the_next_connection(tmp_path, monkeypatch):
+    monkeypatch.setattr("fleet.agent.connection.ACK_TIMEOUT", 0.5)
+    batches: list[list[float]] = []
+    done = asyncio.Event()
+
+    async def handler(ws, n):
+        await ws.recv()  # hello
+        if n == 1:  # connected but never welcomed: the agent buffers
+            await asyncio.sleep(0.6)
+            await ws.close()
+            return
+        await ws.send(welcome(0.05))
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] != "metrics.batch":
+                continue
+            batches.append([p["ts"] for p in frame["points"]])
+            if n == 2:
+                await ws.close()  # no ack: the agent must keep these points
+                return
+            await ws.send(json.dumps({"type": "ack", "v": 1, "seq": frame["seq"]}))
+            done.set()
+            await ws.wait_closed()
+            return
+
+    stop = asyncio.Event()
+    async with FakeServer(handler) as server:
+        task = start(server.url, tmp_path / "home", stop)
+        await asyncio.wait_for(done.wait(), 20)
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert len(batches) >= 2 and batches[0]
+    assert set(batches[0]) <= set(batches[1])  # nothing sent before the lost connection was forgotten
 
 
 async def test_agent_buffers_while_away_then_catches_up_and_obeys_control(tmp_path):
@@ -120,6 +193,7 @@ async def test_agent_buffers_while_away_then_catches_up_and_obeys_control(tmp_pa
         await asyncio.sleep(0.6)  # the agent is connected but not welcomed: it keeps buffering
         await ws.send(welcome(0.05))
         received[2].append(json.loads(await ws.recv()))
+        await ws.send(json.dumps({"type": "ack", "v": 1, "seq": received[2][0]["seq"]}))
         await ws.send(dump(Control(type="control", metrics_interval=0.3, reason="test")))
         loop = asyncio.get_running_loop()
         stamps = []
@@ -127,6 +201,8 @@ async def test_agent_buffers_while_away_then_catches_up_and_obeys_control(tmp_pa
             frame = json.loads(await ws.recv())
             if frame["type"] == "metrics":
                 stamps.append(loop.time())
+            elif frame["type"] == "metrics.batch":  # the rest of the catch-up
+                await ws.send(json.dumps({"type": "ack", "v": 1, "seq": frame["seq"]}))
         received[2].append({"gaps": [b - a for a, b in zip(stamps, stamps[1:], strict=False)]})
         done.set()
         await ws.wait_closed()

@@ -65,7 +65,7 @@ class Stack:
         for port in self.ports:
             log = open(self.tmp / f"daphne-{port}.log", "w")  # noqa: SIM115
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fleet.asgi:application"],
+                [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(port), "fleet.asgi:application"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             ))
         for port in self.ports:

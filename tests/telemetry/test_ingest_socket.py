@@ -138,7 +138,7 @@ def test_frame_gate_drops_over_budget_before_parsing_and_flags_a_flood():
     from fleet.telemetry.limits import FLOOD_CLOSE_DROPS, FrameGate
 
     gate = FrameGate(rate=10, burst=20)
-    t = gate.stamp
+    t = gate.frames.stamp
     assert sum(gate.allow(now=t) for _ in range(50)) == 20  # the burst, then drops
     assert gate.allow(now=t + 0.5)  # refilled at 10 frames/s
     assert not gate.flooding

@@ -36,7 +36,7 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stop.set())
         try:
             daphne = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "fleet.asgi:application"],
+                [sys.executable, "-m", "fleet.serve", "-b", host, "-p", str(port), "fleet.asgi:application"],
                 start_new_session=True,
             )
             processes.append(daphne)

@@ -1,0 +1,30 @@
+"""`python -m fleet.serve [daphne options] fleet.asgi:application`: Daphne's own command line, with one
+protocol option changed.
+
+Autobahn, under Daphne, fails a connection by dropping TCP (``failByDrop``): a frame over the
+websocket message limit (1 MiB, Daphne's default) then reaches the agent as an abnormal close with no
+code, and it cannot tell why. With ``failByDrop=False`` it sends the close frame the RFC asks for:
+1009 "message too big", with the limit in the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from daphne import server as daphne_server
+from daphne.cli import CommandLineInterface
+from daphne.ws_protocol import WebSocketFactory
+
+
+class _ClosingWebSocketFactory(WebSocketFactory):
+    def setProtocolOptions(self, **options) -> None:  # noqa: N802 - Autobahn's name
+        super().setProtocolOptions(failByDrop=False, **options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    daphne_server.WebSocketFactory = _ClosingWebSocketFactory
+    CommandLineInterface().run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
