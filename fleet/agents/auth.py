@@ -5,20 +5,7 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 
 from fleet.inventory.services import authenticate_node
-
-
-def parse_bearer(value: str) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header value, or ""."""
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
-def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
-    for name, value in headers:
-        if name.lower() == b"authorization":
-            return parse_bearer(value.decode("latin-1"))
-    return ""
-
+from fleet.lib.http import scope_bearer
 
 # A read-only lookup, run on the shared thread pool rather than the one thread Channels keeps for ORM
 # work: during a reconnect storm handshakes would otherwise queue behind every agent's hello upsert
@@ -38,6 +25,6 @@ class NodeSecretMiddleware:
 
     async def __call__(self, scope, receive, send):
         scope = dict(scope)
-        secret = bearer_token(scope.get("headers", []))
+        secret = scope_bearer(scope.get("headers", []))
         scope["fleet_credential"] = await _lookup(secret) if secret else None
         return await self.inner(scope, receive, send)

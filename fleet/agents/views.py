@@ -9,8 +9,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from fleet.agents.auth import parse_bearer
 from fleet.inventory.services import InventoryError, authenticate_node, enroll, rotate_credential
+from fleet.lib.http import request_bearer
 
 MAX_BODY = 64 * 1024
 
@@ -59,7 +59,7 @@ def enroll_view(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 @require_POST
 def rotate_view(request: HttpRequest) -> JsonResponse:
-    credential = authenticate_node(parse_bearer(request.headers.get("Authorization", "")))
+    credential = authenticate_node(request_bearer(request))
     if credential is None:
         return _error("authorization", "unknown or revoked node secret", 401)
     try:

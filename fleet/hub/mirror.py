@@ -17,10 +17,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from fleet.accounts.apikeys import authenticate_api_key
-from fleet.agents.auth import parse_bearer
 from fleet.hub import blobserver, store, sync
 from fleet.hub.models import ApprovalState, Blob, BlobState, HubModel, ModelVersion, VersionFile
 from fleet.inventory.services import authenticate_node
+from fleet.lib.http import request_bearer
 
 log = logging.getLogger(__name__)
 MAX_LIST = 1000
@@ -41,7 +41,7 @@ def hub_auth(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        token = parse_bearer(request.headers.get("Authorization", ""))
+        token = request_bearer(request)
         if not token:
             return _error(401, None, "authentication required: send Authorization: Bearer <node secret or an "
                                      "API key with the hub scope> (HF_TOKEN)")

@@ -17,7 +17,7 @@ from fleet.hub import catalog, commands, services, store, upstream
 from fleet.hub.forms import AddModelForm, DeployForm
 from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
 from fleet.inventory.models import Node
-from fleet.web.views.common import paginate, safe_next
+from fleet.lib.http import paginate, safe_next
 
 VERSIONS_PER_PAGE = 50
 PREVIEW_KEY = "hub_preview"

@@ -21,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fleet.accounts.apikeys import authenticate_api_key
-from fleet.agents.auth import parse_bearer
 from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.lib.cidrs import address_allowed
+from fleet.lib.http import request_bearer
 from fleet.telemetry.models import Alert, AlertSeverity
 from fleet.telemetry.store import get_store
 
@@ -132,7 +132,7 @@ class FleetCollector:
 
 
 def _authorized(request: HttpRequest) -> bool:
-    key = parse_bearer(request.headers.get("Authorization", ""))
+    key = request_bearer(request)
     if key:
         return authenticate_api_key(key, "metrics") is not None
     return address_allowed(request.META.get("REMOTE_ADDR"), settings.FLEET_METRICS_ALLOW)

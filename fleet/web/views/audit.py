@@ -8,8 +8,8 @@ from django.shortcuts import render
 
 from fleet.accounts.models import AuditEvent
 from fleet.accounts.permissions import admin_required
+from fleet.lib.http import paginate
 from fleet.web.forms import AuditFilterForm
-from fleet.web.views.common import paginate
 
 EVENTS_PER_PAGE = 50
 

@@ -17,8 +17,8 @@ from fleet.inventory.services import (
     revoke_credential,
     revoke_enrollment_token,
 )
+from fleet.lib.http import paginate, safe_next, server_url
 from fleet.web.forms import EnrollmentTokenForm
-from fleet.web.views.common import paginate, safe_next, server_url
 
 TOKENS_PER_PAGE = 25
 CREDENTIALS_PER_PAGE = 25

@@ -9,9 +9,9 @@ from django.shortcuts import get_object_or_404, render
 from fleet.accounts.permissions import viewer_required
 from fleet.inventory.models import Node, NodeCredential
 from fleet.inventory.queries import node_payload, with_gpu_counts
+from fleet.lib.http import paginate
 from fleet.telemetry.models import Alert
 from fleet.web.forms import NodeFilterForm
-from fleet.web.views.common import paginate
 
 NODES_PER_PAGE = 50
 MAX_STATE_IDS = 200

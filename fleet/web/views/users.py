@@ -13,8 +13,8 @@ from fleet import events
 from fleet.accounts import audit
 from fleet.accounts.models import Role
 from fleet.accounts.permissions import admin_required
+from fleet.lib.http import paginate
 from fleet.web.forms import UserCreateForm, UserUpdateForm
-from fleet.web.views.common import paginate
 
 USERS_PER_PAGE = 50
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by the page views."""
+"""Small request helpers shared by views of every app: pagination, safe redirects, bearer tokens."""
 
 from __future__ import annotations
 
@@ -29,3 +29,22 @@ def server_url(request: HttpRequest) -> str:
     if public:
         return public.rstrip("/")
     return request.build_absolute_uri("/").rstrip("/")
+
+
+def parse_bearer(value: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header value, or ""."""
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def request_bearer(request: HttpRequest) -> str:
+    """The bearer token of a request's ``Authorization`` header, or ""."""
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def scope_bearer(headers: list[tuple[bytes, bytes]]) -> str:
+    """The bearer token of an ASGI scope's raw headers, or ""."""
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            return parse_bearer(value.decode("latin-1"))
+    return ""
