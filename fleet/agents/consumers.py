@@ -15,7 +15,9 @@ from django.conf import settings
 from fleet import events
 from fleet.agent import protocol
 from fleet.agents import presence
+from fleet.agents.chat import CHAT_FRAMES, AgentChats
 from fleet.hub import commands as hub_commands
+from fleet.inventory import runtimes
 from fleet.telemetry.ingest import AgentTelemetry
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.tasks: list[asyncio.Task] = []
         _open += 1
         self.telemetry = AgentTelemetry(self.node_id)
+        self.chats = AgentChats(self.channel_layer, self.channel_name, self.node_name, self._send_text)
         await self.accept()
         # Tell an older connection of this node (in any server process) to go, then join the group.
         await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
@@ -100,6 +103,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.telemetry.close()
         for task in self.tasks:
             task.cancel()
+        await self.chats.close(f"node {self.node_name} disconnected before the answer was complete; try again")
         await self.channel_layer.group_discard(self.group, self.channel_name)
         log.info("agent %s disconnected (code %s)", self.node_name, code)
         self.node_id = None
@@ -139,6 +143,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._touch()
         elif frame.type in ("metrics", "metrics.batch"):
             await self._on_metrics(frame, len(data))
+        elif frame.type in CHAT_FRAMES:
+            await self.chats.frame(frame)  # memory and one channel send: no ORM per delta
+        elif frame.type == "runtime":
+            await database_sync_to_async(runtimes.replace_runtimes)(self.node_id, frame.serving)
+            await self._touch()
         else:
             await self._touch()
 
@@ -188,6 +197,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_SILENT)
                 return
             await self._send(protocol.Ping(type="ping", nonce=str(nonce)))
+            await self.chats.keepalive()
 
     async def _refuse(self, error: protocol.FrameError) -> None:
         await self.send(text_data=protocol.Error(type="error", code=error.code, detail=error.detail).model_dump_json())
@@ -202,6 +212,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _send(self, frame: protocol.BaseModel) -> None:
         await self.send(text_data=frame.model_dump_json())
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     # ---- messages from the channel layer ----
 
@@ -219,6 +232,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         frames = await database_sync_to_async(hub_commands.frames_to_send)(self.node_id, command_id, pending_only)
         for frame in frames:
             await self.send(text_data=protocol.dump(frame))
+
+    async def agent_chat(self, event: dict) -> None:
+        await self.chats.request(event, ready=self.hello_done)
+
+    async def agent_chat_cancel(self, event: dict) -> None:
+        await self.chats.cancel(event)
 
     async def agent_revoked(self, event: dict) -> None:
         # Only the connection made with that secret: after a rotation the new one stays.
