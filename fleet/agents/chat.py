@@ -14,7 +14,8 @@ Channel-layer messages (all carry the server-made ``request_id``):
   to the agent connection's channel once known)
 - agent connection → ``reply_to``: ``{"type": "chat.accepted" | "chat.alive" | "chat.delta" |
   "chat.done" | "chat.error", "request_id", "agent": <this connection's channel>, ...}`` with ``text``
-  (delta), ``finish_reason`` + ``usage`` (done), ``error`` (error).
+  (delta), ``finish_reason`` + ``usage`` (done), ``error`` (error), ``quiet`` (alive: seconds since the
+  agent's last frame of any kind).
 """
 
 from __future__ import annotations
@@ -114,15 +115,17 @@ class AgentChats:
             log.warning("chat %s on %s: requester stopped reading; cancelling", frame.request_id, self.node_name)
             await self.cancel({"request_id": frame.request_id})
 
-    async def keepalive(self) -> None:
-        """Each heartbeat: tell requesters the node is still there (their silence limit restarts), and
-        forget cancelled requests the agent never finished."""
+    async def keepalive(self, last_frame: float) -> None:
+        """Each heartbeat: tell requesters how long ago the agent last spoke (``quiet`` seconds), so their
+        silence limit runs from the agent's last frame, not from this message; and forget cancelled
+        requests the agent never finished."""
         now = time.monotonic()
+        quiet = round(max(0.0, now - last_frame), 3)
         for request_id, pending in list(self.pending.items()):
             if pending.cancelled_at is not None and now - pending.cancelled_at > settings.FLEET_OFFLINE_AFTER:
                 del self.pending[request_id]
                 continue
-            await self._reply(pending.reply_to, request_id, "chat.alive")
+            await self._reply(pending.reply_to, request_id, "chat.alive", quiet=quiet)
 
     async def close(self, reason: str) -> None:
         """The agent connection ended: every request in flight ends with an error now."""

@@ -197,7 +197,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_SILENT)
                 return
             await self._send(protocol.Ping(type="ping", nonce=str(nonce)))
-            await self.chats.keepalive()
+            await self.chats.keepalive(self.last_frame)
 
     async def _refuse(self, error: protocol.FrameError) -> None:
         await self.send(text_data=protocol.Error(type="error", code=error.code, detail=error.detail).model_dump_json())

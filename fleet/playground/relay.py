@@ -6,10 +6,10 @@ iterator over the agent's events for that one request (``chat.delta`` / ``chat.d
 Message shapes: see `fleet.agents.chat`.
 
 An answer never hangs: the agent connection ends every request with ``chat.error`` when it closes,
-and sends ``chat.alive`` each heartbeat while the agent is there; if nothing at all arrives for
-FLEET_OFFLINE_AFTER seconds (the server process holding the agent died, say), the relay ends the
-answer with an error itself. A runtime that stays silent although its node is alive is given up after
-STALL_LIMIT seconds.
+and sends ``chat.alive`` each heartbeat saying how long ago the agent last spoke; once the agent has
+been silent for FLEET_OFFLINE_AFTER seconds (a machine that died without closing its socket, or the
+server process holding the agent died), the relay ends the answer with an error itself. A runtime
+that stays silent although its node is alive is given up after STALL_LIMIT seconds.
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ class Relay:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Deltas, then exactly one ``chat.done`` or ``chat.error``."""
         silence = settings.FLEET_OFFLINE_AFTER
-        last_token = time.monotonic()
+        last_token = heard = time.monotonic()  # heard: when the agent itself last sent anything
         while not self.finished:
             now = time.monotonic()
-            limit = min(silence, STALL_LIMIT - (now - last_token))
+            limit = min(heard + silence - now, STALL_LIMIT - (now - last_token))
             if self.cancelled_at is not None:
                 limit = min(limit, CANCEL_GRACE - (now - self.cancelled_at))
             try:
@@ -107,10 +107,16 @@ class Relay:
                 yield self._timeout_event(time.monotonic() - last_token)
                 return
             kind = message["type"]
-            if kind in ("chat.alive", "chat.accepted"):
+            if kind == "chat.alive":
+                quiet = message.get("quiet")
+                quiet = float(quiet) if isinstance(quiet, int | float) and quiet >= 0 else 0.0
+                heard = max(heard, time.monotonic() - quiet)
+                continue
+            heard = time.monotonic()
+            if kind == "chat.accepted":
                 continue
             if kind == "chat.delta":
-                last_token = time.monotonic()
+                last_token = heard
                 yield {"type": "chat.delta", "text": message.get("text", "")}
             elif kind == "chat.done":
                 self.finished = True
