@@ -162,11 +162,11 @@ class Relay:
                 del targets.inflight[self.target.node_id]
 
 
-async def open_chat(candidates: list[Target], chat: dict[str, Any]) -> Relay:
+async def open_chat(candidates: list[Target], chat: dict[str, Any], layer=None) -> Relay:
     """Start ``chat`` on the first of ``candidates`` (least busy first) that takes it."""
     error = RelayError("no node is ready for this model", "no_ready_node")
     for target in candidates[:MAX_ATTEMPTS]:
-        relay = Relay(target, {**chat, "repo": target.repo})
+        relay = Relay(target, {**chat, "repo": target.repo}, layer)
         try:
             await relay.open()
             return relay

@@ -107,3 +107,4 @@ async def test_a_streaming_client_that_goes_away_cancels_on_the_node(stack):
         await asyncio.wait_for(agent.cancelled(agent.chats[0]["request_id"]).wait(), 10)
 
     await answers(stack, [runtime()], reply=hold, body=scenario)
+

@@ -104,3 +104,55 @@ async def test_an_agent_gone_silent_mid_answer_ends_the_answer(settings, make_no
     assert time.monotonic() - began < 1.5 + 0.5  # from its last frame (a pong), not from its socket closing
     await relay.aclose()
     await agent.stop()
+
+
+async def test_across_processes_on_the_redis_layer(services):
+    """Two RedisChannelLayer instances stand for two server processes: the agent's connection on one,
+    the requester on the other (a Daphne run of this took 75 s, so the suite checks the layer)."""
+    import uuid
+
+    from channels_redis.core import RedisChannelLayer
+
+    from fleet.agent import protocol
+    from fleet.agents.chat import AgentChats
+
+    prefix = f"fleet-relay-{uuid.uuid4().hex[:8]}"
+    agent_side = RedisChannelLayer(hosts=[services["redis"]], prefix=prefix, expiry=30)
+    requester_side = RedisChannelLayer(hosts=[services["redis"]], prefix=prefix, expiry=30)
+    channel = await agent_side.new_channel()
+    await agent_side.group_add(events.node_group(TARGET.node_id), channel)
+    sent: list[str] = []
+    chats = AgentChats(agent_side, channel, "gpu-x", lambda text: _append(sent, text))
+
+    async def connection():
+        while True:
+            message = await agent_side.receive(channel)
+            if message["type"] == "agent.chat":
+                await chats.request(message, ready=True)
+            elif message["type"] == "agent.chat_cancel":
+                await chats.cancel(message)
+
+    task = asyncio.create_task(connection())
+    try:
+        relay = await open_chat([TARGET], CHAT, layer=requester_side)
+        request_id = relay.request_id
+        assert protocol.parse_server_frame(sent[0]).request_id == request_id
+        await chats.frame(protocol.ChatDelta(type="chat.delta", request_id=request_id, text="over redis"))
+        events_ = relay.events()
+        assert await anext(events_) == {"type": "chat.delta", "text": "over redis"}
+        await relay.cancel()  # straight to the agent connection's channel, across "processes"
+        for _ in range(100):
+            if len(sent) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert protocol.parse_server_frame(sent[1]).type == "chat.cancel"
+        await chats.frame(protocol.ChatDone(type="chat.done", request_id=request_id, finish_reason="cancelled"))
+        assert (await anext(events_))["finish_reason"] == "cancelled"
+        await relay.aclose()
+    finally:
+        task.cancel()
+        await agent_side.flush()
+
+
+async def _append(sent: list[str], text: str) -> None:
+    sent.append(text)
