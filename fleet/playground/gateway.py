@@ -22,7 +22,6 @@ from django.views.decorators.csrf import csrf_exempt
 
 from fleet.accounts.apikeys import authenticate_api_key
 from fleet.accounts.models import ApiKey
-from fleet.agents.auth import parse_bearer
 from fleet.playground import ratelimit, targets
 from fleet.playground.openai_api import ChatRequest, GatewayError, chunk, completion, parse_chat_request, sse
 from fleet.playground.relay import Relay, RelayError, open_chat
@@ -36,7 +35,8 @@ KEY_HELP = ("send 'Authorization: Bearer <API key with the chat scope>' (create 
 
 
 async def _authenticate(request: HttpRequest) -> ApiKey:
-    plaintext = parse_bearer(request.headers.get("Authorization", ""))
+    scheme, _, plaintext = request.headers.get("Authorization", "").partition(" ")
+    plaintext = plaintext.strip() if scheme.lower() == "bearer" else ""
     if not plaintext:
         raise GatewayError(401, f"Missing API key: {KEY_HELP}", code="missing_api_key")
     key = await sync_to_async(authenticate_api_key)(plaintext, "chat")

@@ -9,6 +9,7 @@ import urllib.request
 import openai
 import pytest
 
+from tests.browser import CHROMIUM, FLAGS, needs_chromium
 from tests.integration.harness import Stack
 from tests.playground.fakeagent import REPO, SocketAgent, hold, runtime, scripted
 
@@ -21,18 +22,18 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from fleet.accounts.apikeys import create_api_key
 from fleet.inventory.services import create_enrollment_token
-bob = get_user_model().objects.create_user("bob", role="operator")
+bob = get_user_model().objects.create_user("bob", password="browser-test-password-1", role="operator")
 print(json.dumps({"key": create_api_key("test", bob, ["chat"])[1],
                   "token": create_enrollment_token("test", ttl=timedelta(minutes=10))[1]}))
 """
 
 
-def enroll(stack: Stack, name: str, token: str) -> str:
+def enroll(stack: Stack, name: str, token: str) -> dict:
     data = json.dumps({"token": token, "hostname": f"{name}.lan", "name": name}).encode()
     request = urllib.request.Request(f"{stack.url()}/api/agents/enroll", method="POST", data=data,
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["secret"]
+        return json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def stack(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("gateway"), offline_after=3).start()
     made = json.loads(stack.manage("shell", "-c", SETUP).splitlines()[-1])  # one process: each manage.py costs seconds
     stack.key = made["key"]
-    stack.secret = enroll(stack, "gpu-01", made["token"])
+    enrolled = enroll(stack, "gpu-01", made["token"])
+    stack.secret, stack.node_id = enrolled["secret"], enrolled["node_id"]
     yield stack
     stack.stop()
 
@@ -108,3 +110,44 @@ async def test_a_streaming_client_that_goes_away_cancels_on_the_node(stack):
 
     await answers(stack, [runtime()], reply=hold, body=scenario)
 
+
+
+@needs_chromium
+@pytest.mark.browser
+async def test_node_page_redraws_runtimes_live(stack):
+    """runtimes.js: a runtime report redraws the node page's runtimes in place (no reload), built from
+    text only (an agent's log line is never HTML)."""
+    from playwright.async_api import async_playwright
+
+    agent = await SocketAgent(stack.url(), stack.secret, serving=[runtime(tokens_served=5)]).start()
+    errors: list[str] = []
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = await browser.new_page()
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                await page.goto(f"{stack.url()}/accounts/login/?next=/nodes/{stack.node_id}/")
+                await page.fill("input[name=username]", "bob")
+                await page.fill("input[name=password]", "browser-test-password-1")
+                await page.click("button[type=submit]")
+                await page.wait_for_selector("#live-indicator[data-state=live]", timeout=15000)
+                await page.evaluate("window.__noReload = true")
+                row = f"tr[data-runtime='{REPO}']"
+                assert await page.text_content(f"{row} .badge") == "Ready"
+
+                await agent.send({"type": "runtime", "v": 1, "serving": [runtime(
+                    state="failed", reason="CUDA out of memory", tokens_served=77,
+                    log_tail=["loading weights", "<b>boom</b>"])]})
+                await page.wait_for_selector("text=Failed: CUDA out of memory", timeout=15000)
+                assert await page.text_content(f"{row} .badge") == "Failed"
+                assert "badge-red" in await page.get_attribute(f"{row} .badge", "class")
+                assert await page.text_content(f"{row} td:nth-child(6)") == "77"
+                await page.click("details.runtime-log summary")
+                assert await page.text_content("details.runtime-log pre") == "loading weights\n<b>boom</b>"
+                assert await page.evaluate("window.__noReload") is True
+            finally:
+                await browser.close()
+    finally:
+        await agent.stop()
+    assert not errors, errors
