@@ -43,6 +43,7 @@ CHAT_FRAMES = frozenset({"chat.delta", "chat.done", "chat.error"})
 class _Pending:
     reply_to: str
     cancelled_at: float | None = None
+    unread: bool = False  # its requester stopped reading: drop further deltas without waiting on it
     started: float = field(default_factory=time.monotonic)
 
 
@@ -110,9 +111,12 @@ class AgentChats:
             fields = {"error": frame.error}
         if frame.type != "chat.delta":
             del self.pending[frame.request_id]
+        elif pending.unread:
+            return
         delivered = await self._reply(pending.reply_to, frame.request_id, frame.type, **fields)
         if not delivered and frame.type == "chat.delta":
             log.warning("chat %s on %s: requester stopped reading; cancelling", frame.request_id, self.node_name)
+            pending.unread = True
             await self.cancel({"request_id": frame.request_id})
 
     async def keepalive(self, last_frame: float) -> None:

@@ -172,8 +172,7 @@ async def open_chat(candidates: list[Target], chat: dict[str, Any], layer=None) 
             return relay
         except RelayError as refused:
             error = refused
-            relay.finished = True  # nothing runs on that node: no cancel to send
-            await relay.aclose()
+            await relay.aclose()  # a cancel, in case the node took it after all (a late accept)
         except BaseException:
             await asyncio.shield(relay.aclose())
             raise

@@ -192,6 +192,18 @@ async def test_viewers_outsiders_and_anonymous_are_refused(browser, charlie, out
     assert (await comm.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
 
 
+async def test_foreign_origin_is_refused(bob):
+    from channels.testing import WebsocketCommunicator
+
+    from fleet.asgi import application
+    from tests.playground.conftest import _cookie
+
+    comm = WebsocketCommunicator(application, "/ws/chat/", headers=[
+        (b"origin", b"https://evil.example"), (b"cookie", await database_sync_to_async(_cookie)(bob))])
+    connected_, _ = await comm.connect()
+    assert connected_ is False
+
+
 async def _wait(predicate, timeout: float = 10) -> None:
     check = database_sync_to_async(predicate)
     deadline = time.monotonic() + timeout

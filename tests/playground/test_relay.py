@@ -156,3 +156,15 @@ async def test_across_processes_on_the_redis_layer(services):
 
 async def _append(sent: list[str], text: str) -> None:
     sent.append(text)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_requester_that_stops_reading_gets_its_request_cancelled(make_node):
+    node, secret = await database_sync_to_async(make_node)("gpu-01")
+    agent = await CommunicatorAgent(secret, words=[f"w{i}" for i in range(300)]).start()  # > channel capacity
+    found = await database_sync_to_async(targets.candidates)(REPO)
+    relay = await open_chat(found, CHAT)  # ... and never read
+    await asyncio.wait_for(agent.cancelled(relay.request_id).wait(), 10)
+    relay.finished = True
+    await relay.aclose()
+    await agent.stop()
