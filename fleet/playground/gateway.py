@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -103,11 +104,29 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         await gateway_stats.record(label, error.status, error=error.code, duration_s=time.monotonic() - started)
         return error.response()
     if chat.stream:
-        response = StreamingHttpResponse(_stream(chat, relay, started), content_type="text/event-stream")
+        stream = _stream(chat, relay, started)
+        weakref.finalize(stream, _release_unstarted, relay)
+        response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass each chunk on at once
         return response
     return await _collect(chat, relay, started)
+
+
+_releasing: set[asyncio.Task] = set()
+
+
+def _release_unstarted(relay: Relay) -> None:
+    """A client that leaves between the view's return and the first chunk: the generator never ran, so
+    its ``finally`` never will; release (and cancel) the request when the generator is collected."""
+    if relay.finished and not relay.counted:
+        return
+    try:
+        task = asyncio.get_running_loop().create_task(relay.aclose())
+    except RuntimeError:
+        return
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
 
 
 def _no_target(refused: targets.NoTarget) -> GatewayError:

@@ -119,17 +119,13 @@ def _params(body: dict[str, Any]) -> dict[str, Any]:
         first = error.errors(include_url=False)[0]
         loc = first.get("loc", ())
         name = _param_name(str(loc[0]), body) if loc else "body"
-        return _raise(bad(name, first.get("msg", "invalid")))
+        raise bad(name, first.get("msg", "invalid")) from None
 
 
 def _param_name(name: str, body: dict[str, Any]) -> str:
     if name == "max_tokens" and "max_completion_tokens" in body:
         return "max_completion_tokens"
     return name
-
-
-def _raise(error: GatewayError):
-    raise error
 
 
 def parse_chat_request(raw_body: bytes) -> ChatRequest:

@@ -165,3 +165,20 @@ async def test_node_dropping_mid_answer_is_502_and_metrics_count_it(agent, key, 
     assert f'fleet_gateway_requests_total{{code="502",model="{REPO}"}} 1.0' in text
     assert f'fleet_gateway_errors_total{{model="{REPO}",type="node_failed"}} 1.0' in text
     assert f'fleet_gateway_request_duration_seconds_count{{model="{REPO}"}} 1.0' in text
+
+
+async def test_a_stream_never_read_is_released_and_cancelled(agent, key):
+    """A client gone between the response and its first chunk: the generator never runs its finally."""
+    import asyncio
+    import gc
+
+    from fleet.playground import targets
+
+    agent.reply = hold
+    response = await post(key, body(stream=True))
+    assert response.status_code == 200
+    await agent.wait_for_chats(1)
+    del response
+    gc.collect()
+    await asyncio.wait_for(agent.cancelled(agent.chats[0]["request_id"]).wait(), 10)
+    assert not targets.inflight
