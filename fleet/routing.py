@@ -6,6 +6,7 @@ from django.urls import path
 
 from fleet.agents.auth import NodeSecretMiddleware
 from fleet.agents.consumers import AgentConsumer
+from fleet.playground.consumers import ChatConsumer
 from fleet.web.consumers import LiveConsumer
 
 
@@ -16,4 +17,5 @@ def browser(app):
 websocket_urlpatterns = [
     path("ws/agent/", NodeSecretMiddleware(AgentConsumer.as_asgi())),
     path("ws/live/", browser(LiveConsumer.as_asgi())),
+    path("ws/chat/", browser(ChatConsumer.as_asgi())),
 ]

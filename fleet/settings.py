@@ -121,6 +121,8 @@ try:
     FLEET_AGENT_MAX_FRAMES_PER_SECOND = env_float("FLEET_AGENT_MAX_FRAMES_PER_SECOND", 200.0, minimum=1)
     FLEET_MAX_METRICS_FRAME_BYTES = env_int("FLEET_MAX_METRICS_FRAME_BYTES", 256 * 1024, minimum=1024)
     FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
+    # The /v1 gateway (fleet/playground/gateway.py): requests per minute per API key, per server process.
+    FLEET_GATEWAY_REQUESTS_PER_MINUTE = env_float("FLEET_GATEWAY_REQUESTS_PER_MINUTE", 600.0, minimum=1)
     CSRF_TRUSTED_ORIGINS = env_list("FLEET_CSRF_TRUSTED_ORIGINS", [])
     for _origin in CSRF_TRUSTED_ORIGINS:
         if not _origin.startswith(("http://", "https://")):

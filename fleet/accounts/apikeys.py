@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -13,22 +14,52 @@ from fleet.accounts.models import ApiKey, ApiScope
 from fleet.lib.secrets import hash_secret, hint, new_secret
 
 LAST_USED_PRECISION = timedelta(minutes=1)  # avoid a write per request just to bump last_used_at
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")  # a repo id (ORG/NAME) or a deployment name
+MAX_ALLOWED_MODELS = 50
 
 
 class ApiKeyError(ValueError):
-    pass
+    """A refused key request; ``field`` names the input at fault."""
+
+    def __init__(self, message: str, field: str = "scope") -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def create_api_key(actor: Any, user: Any, scopes: list[str], name: str = "") -> tuple[ApiKey, str]:
+def clean_allowed_models(models: list[str] | None) -> list[str]:
+    """Validate a model allow-list (empty: every model). Raises ApiKeyError naming the entry."""
+    cleaned: list[str] = []
+    for entry in models or []:
+        entry = entry.strip()
+        if not entry:
+            continue
+        if not MODEL_NAME.match(entry):
+            raise ApiKeyError(f"{entry!r} is not a model name; use repo ids such as ORG/NAME or deployment names "
+                              "(letters, digits, '.', '_', '/', '-')", "allowed_models")
+        if entry not in cleaned:
+            cleaned.append(entry)
+    if len(cleaned) > MAX_ALLOWED_MODELS:
+        raise ApiKeyError(f"at most {MAX_ALLOWED_MODELS} models", "allowed_models")
+    return cleaned
+
+
+def create_api_key(actor: Any, user: Any, scopes: list[str], name: str = "", *, expires_at: datetime | None = None,
+                   allowed_models: list[str] | None = None) -> tuple[ApiKey, str]:
+    """Make a key; returns the row and the plaintext, which is never stored and shown only once."""
     unknown = sorted(set(scopes) - set(ApiScope.values))
     if not scopes or unknown:
         raise ApiKeyError(f"scope must be one or more of {', '.join(ApiScope.values)}" +
                           (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApiKeyError("the expiry must be in the future", "expires")
+    models = clean_allowed_models(allowed_models)
     plaintext = new_secret("fak")
     with transaction.atomic():
         key = ApiKey.objects.create(user=user, name=name[:100], key_hash=hash_secret(plaintext),
-                                    hint=hint(plaintext), scopes=sorted(set(scopes)))
-        audit.record(actor, "api_key.create", key, scopes=key.scopes, user=user.get_username())
+                                    hint=hint(plaintext), scopes=sorted(set(scopes)), expires_at=expires_at,
+                                    allowed_models=models)
+        audit.record(actor, "api_key.create", key, scopes=key.scopes, user=user.get_username(),
+                     expires_at=expires_at.isoformat() if expires_at else None, allowed_models=models)
     return key, plaintext
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.utils import timezone
 
 
 class Role(models.TextChoices):
@@ -81,3 +82,15 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"API key {self.hint} of {self.user}"
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    @property
+    def state_colour(self) -> str:
+        return {"active": "green", "expired": "red", "revoked": "purple"}[self.state]

@@ -16,7 +16,9 @@ from django.conf import settings
 from fleet import events
 from fleet.agent import protocol
 from fleet.agents import presence
+from fleet.agents.chat import CHAT_FRAMES, AgentChats
 from fleet.hub import commands as hub_commands
+from fleet.inventory import runtimes
 from fleet.lib.errors import FieldError
 from fleet.lib.ratelimit import TokenBucket
 from fleet.telemetry.ingest import AgentTelemetry
@@ -33,6 +35,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 ERROR_BUDGET = 20  # invalid frames tolerated per minute before the agent counts as flooding
 HELLO_BURST = 3
 HELLO_EVERY = 10.0  # seconds per further hello
+RUNTIME_BURST = 10
 
 _open = 0  # agent connections open in this process
 _local: dict[int, str] = {}  # node id → channel name of its newest connection in this process
@@ -106,6 +109,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.tasks: list[asyncio.Task] = []
         self.telemetry = AgentTelemetry(self.node_id)
         self.hellos = TokenBucket(rate=1 / HELLO_EVERY, burst=HELLO_BURST)
+        self.runtime_reports = TokenBucket(rate=1.0, burst=RUNTIME_BURST)
+        self.chats = AgentChats(self.channel_layer, self.channel_name, self.node_name, self._send_text)
         await self.accept()
         # Tell an older connection of this node (in any server process) to go, then join the group.
         await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
@@ -134,6 +139,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             telemetry.close()
         for task in getattr(self, "tasks", []):
             task.cancel()
+        chats = getattr(self, "chats", None)
+        if chats is not None:
+            with contextlib.suppress(Exception):
+                await chats.close(f"node {self.node_name} disconnected before the answer was complete; try again")
         if getattr(self, "group", None):
             with contextlib.suppress(Exception):  # a broken channel layer must not keep the slot
                 await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -183,6 +192,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._touch()
         elif frame.type in ("metrics", "metrics.batch"):
             await self._on_metrics(frame, len(data))
+        elif frame.type in CHAT_FRAMES:
+            await self.chats.frame(frame)  # memory and one channel send: no ORM per delta
+        elif frame.type == "runtime":
+            if not self.runtime_reports.allow():  # a transaction each, like hello
+                await self._refuse(protocol.FrameError(
+                    "rate_limited", f"type: at most {RUNTIME_BURST} runtime frames at once, then one a second"))
+                return
+            await database_sync_to_async(runtimes.replace_runtimes)(self.node_id, frame.serving)
+            await self._touch()
         else:
             await self._touch()
 
@@ -245,6 +263,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_SILENT)
                 return
             await self._send(protocol.Ping(type="ping", nonce=str(nonce)))
+            await self.chats.keepalive(self.last_frame)
 
     async def _refuse(self, error: protocol.FrameError) -> None:
         await self.send(text_data=protocol.Error(type="error", code=error.code, detail=error.detail).model_dump_json())
@@ -259,6 +278,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _send(self, frame: protocol.BaseModel) -> None:
         await self.send(text_data=frame.model_dump_json())
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     # ---- messages from the channel layer ----
 
@@ -276,6 +298,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         frames = await database_sync_to_async(hub_commands.frames_to_send)(self.node_id, command_id, pending_only)
         for frame in frames:
             await self.send(text_data=protocol.dump(frame))
+
+    async def agent_chat(self, event: dict) -> None:
+        await self.chats.request(event, ready=self.hello_done)
+
+    async def agent_chat_cancel(self, event: dict) -> None:
+        await self.chats.cancel(event)
 
     async def agent_revoked(self, event: dict) -> None:
         # Only the connection made with that secret: after a rotation the new one stays.

@@ -138,3 +138,47 @@ class NodeCredential(models.Model):
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+class RuntimeState(models.TextChoices):
+    STOPPED = "stopped", "Stopped"
+    STARTING = "starting", "Starting"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+    @property
+    def colour(self) -> str:
+        return {"stopped": "grey", "starting": "amber", "ready": "green", "failed": "red"}[self.value]
+
+
+class NodeRuntime(models.Model):
+    """One runtime process on a node serving one model version, as the node's agent last reported it.
+
+    The agent's report (hello `serving`, `runtime` frames) replaces all of a node's rows; an offline
+    node keeps its rows as the last known state (``updated_at`` says when), never as the present.
+    """
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="runtimes")
+    repo = models.CharField(max_length=200)
+    sha = models.CharField(max_length=40)
+    runtime = models.CharField(max_length=16, help_text="The adapter: builtin, vllm or llamacpp.")
+    state = models.CharField(max_length=16, choices=RuntimeState.choices, default=RuntimeState.STOPPED)
+    reason = models.CharField(max_length=512, blank=True, help_text="Why it failed, or what it waits for.")
+    port = models.PositiveIntegerField(null=True, blank=True)
+    tokens_served = models.BigIntegerField(default=0)
+    requests_active = models.PositiveIntegerField(default=0)
+    restarts = models.PositiveIntegerField(default=0)
+    log_tail = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["node_id", "repo"]
+        constraints = [models.UniqueConstraint(fields=["node", "repo"], name="runtime_unique_repo_per_node")]
+        indexes = [models.Index(fields=["repo", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.runtime} {self.repo}@{self.sha[:12]} on node {self.node_id}"
+
+    @property
+    def state_colour(self) -> str:
+        return RuntimeState(self.state).colour

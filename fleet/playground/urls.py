@@ -1,6 +1,10 @@
 """The playground pages (`/playground/`)."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from fleet.playground.targets_view import targets_view
 
 app_name = "playground"
-urlpatterns: list = []
+urlpatterns: list = [
+    path("targets/", targets_view, name="targets"),
+]

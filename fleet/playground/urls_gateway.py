@@ -1,5 +1,10 @@
-"""The OpenAI-compatible fleet gateway (`/v1/`)."""
+"""The OpenAI-compatible fleet gateway (`/v1/`): authenticated by API key (chat scope), not by session."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from fleet.playground import gateway
+
+urlpatterns = [
+    path("models", gateway.models_view, name="gateway-models"),
+    path("chat/completions", gateway.chat_completions, name="gateway-chat-completions"),
+]

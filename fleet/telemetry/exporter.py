@@ -24,6 +24,7 @@ from fleet.accounts.apikeys import authenticate_api_key
 from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.lib.cidrs import address_allowed
 from fleet.lib.http import request_bearer
+from fleet.telemetry import gateway_stats
 from fleet.telemetry.models import Alert, AlertSeverity
 from fleet.telemetry.store import get_store
 
@@ -62,7 +63,7 @@ class FleetCollector:
         store = get_store()
         counters = store.counters()
         nodes = {n["id"]: n for n in Node.objects.values("id", "name", "hostname", "status", "last_seen")}
-        families: Iterator[Metric] = self._fleet(nodes, counters)
+        families: Iterator[Metric] = itertools.chain(self._fleet(nodes, counters), gateway_stats.families())
         if not self.names or any(name.startswith("DCGM_") for name in self.names):
             latest = store.latest_all()
             models = {(g["node_id"], g["uuid"]): g["name"] for g in Gpu.objects.values("node_id", "uuid", "name")}

@@ -5,7 +5,7 @@ import re
 from django.conf import settings
 from django.urls import path, re_path
 
-from fleet.web.views import audit, enrollment, nodes, overview, static, users
+from fleet.web.views import apikeys, audit, enrollment, nodes, overview, static, users
 from fleet.web.views import telemetry as telemetry_views
 
 _static_prefix = settings.STATIC_URL.strip("/")
@@ -23,6 +23,8 @@ urlpatterns = [
     path("enrollment/", enrollment.enrollment, name="enrollment"),
     path("enrollment/tokens/<int:pk>/revoke/", enrollment.token_revoke, name="token-revoke"),
     path("enrollment/credentials/<int:pk>/revoke/", enrollment.credential_revoke, name="credential-revoke"),
+    path("api-keys/", apikeys.api_keys, name="api-keys"),
+    path("api-keys/<int:pk>/revoke/", apikeys.api_key_revoke, name="api-key-revoke"),
     path("users/", users.users, name="users"),
     path("users/<int:pk>/", users.user_update, name="user-update"),
     path("audit/", audit.audit_log, name="audit"),

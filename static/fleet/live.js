@@ -3,6 +3,7 @@
  * Subscribes to the topics in <body data-live-topics="fleet"> (or "node:7") and applies:
  *   {"kind": "node", "node": {...}, "summary": {...}}  → row/badge of that node + summary numbers
  *   {"kind": "summary", "summary": {...}}              → summary numbers ([data-summary="a.b"])
+ *   {"kind": "runtimes", "node_id", "runtimes": [...]} → "fleet:runtimes" DOM event (runtimes.js)
  *   {"kind": "facts"}                                  → reload the node page (its facts changed);
  *                                                        so does its node coming online (a new hello)
  *   {"kind": "subscribed"}                             → catch up on node states missed while away
@@ -224,6 +225,9 @@
         break;
       case "facts":
         if (document.querySelector("[data-node-page]")) scheduleReload();
+        break;
+      case "runtimes": // redrawn in place by runtimes.js (node page)
+        document.dispatchEvent(new CustomEvent("fleet:runtimes", { detail: message }));
         break;
       case "subscribed":
         attempts = 0;

@@ -15,6 +15,7 @@ OWN_AUTH = {
 OWN_AUTH_MODULES = (
     "fleet.hub.mirror",  # node secret or `hub` API key (tests/hub/test_mirror.py)
     "fleet.telemetry.exporter",  # `metrics` API key or allow-listed address (tests/telemetry/test_exporter.py)
+    "fleet.playground.gateway",  # `chat` API key (tests/playground/test_gateway.py)
     "django.contrib.admin",  # Django admin: staff only
     "django.contrib.auth",
     "django.views.generic.base",  # redirects (e.g. the admin's)

@@ -7,7 +7,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from fleet.accounts.permissions import viewer_required
-from fleet.inventory.models import Node, NodeCredential
+from fleet.hub.models import ModelVersion
+from fleet.inventory.models import Node, NodeCredential, NodeRuntime
 from fleet.inventory.queries import node_payload, with_gpu_counts
 from fleet.lib.http import paginate
 from fleet.telemetry.models import Alert
@@ -42,6 +43,7 @@ def node_list(request: HttpRequest) -> HttpResponse:
 def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
     node = get_object_or_404(with_gpu_counts(Node.objects.all()), pk=pk)
     gpus = list(node.gpus.order_by("index", "state", "id"))
+    runtimes = _with_revisions(list(node.runtimes.all()))
     credentials: list[NodeCredential] = []
     if request.user.has_role("operator"):
         credentials = list(node.credentials.all())
@@ -49,8 +51,20 @@ def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "web/node_detail.html",
         {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}",
+         "runtimes": runtimes,
          "node_alerts": list(Alert.objects.filter(node=node).select_related("node")[:12])},
     )
+
+
+def _with_revisions(runtimes: list[NodeRuntime]) -> list[NodeRuntime]:
+    """Attach the hub's revision name (``v1``, ``main``) to each runtime's version, where it is known."""
+    if runtimes:
+        names = dict(((repo, sha), revision) for repo, sha, revision in ModelVersion.objects.filter(
+            model__repo_id__in={r.repo for r in runtimes}, sha__in={r.sha for r in runtimes},
+        ).values_list("model__repo_id", "sha", "revision"))
+        for runtime in runtimes:
+            runtime.revision = names.get((runtime.repo, runtime.sha))
+    return runtimes
 
 
 @viewer_required

@@ -1,8 +1,12 @@
+from datetime import timedelta
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from fleet.accounts.apikeys import ApiKeyError, create_api_key
 from fleet.accounts.models import ApiScope
+from fleet.lib.env import parse_duration
 
 
 class Command(BaseCommand):
@@ -13,15 +17,26 @@ class Command(BaseCommand):
         parser.add_argument("--scope", action="append", required=True, choices=ApiScope.values,
                             help="repeat for several scopes")
         parser.add_argument("--name", default="", help="a label for the key")
+        parser.add_argument("--expires", default="", help="lifetime such as 30d or 12h (default: never expires)")
+        parser.add_argument("--model", action="append", default=[],
+                            help="a model the key may use (chat scope); repeat for several; default: all")
 
-    def handle(self, *args, user: str, scope: list[str], name: str, **options) -> None:
+    def handle(self, *args, user: str, scope: list[str], name: str, expires: str, model: list[str],
+               **options) -> None:
         owner = get_user_model().objects.filter(username=user).first()
         if owner is None:
             raise CommandError(f"--user: no user named {user!r}; create one with createoperator")
         if not owner.has_role("viewer"):
             raise CommandError(f"--user: {user!r} has no role or is inactive; give it one with createoperator")
+        expires_at = None
+        if expires:
+            try:
+                expires_at = timezone.now() + timedelta(seconds=parse_duration(expires))
+            except ValueError as error:
+                raise CommandError(f"--expires: {error}") from None
         try:
-            _, plaintext = create_api_key("cli", owner, scope, name)
+            _, plaintext = create_api_key("cli", owner, scope, name, expires_at=expires_at, allowed_models=model)
         except ApiKeyError as error:
-            raise CommandError(f"--scope: {error}") from None
+            option = {"scope": "--scope", "expires": "--expires", "allowed_models": "--model"}[error.field]
+            raise CommandError(f"{option}: {error}") from None
         self.stdout.write(plaintext)

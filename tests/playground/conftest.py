@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from fleet.asgi import application
+
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+def _cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+@pytest.fixture
+def browser():
+    """``await browser(user)`` → a connected-or-refused /ws/chat/ communicator (call .connect())."""
+    made: list[WebsocketCommunicator] = []
+
+    async def make(user=None) -> WebsocketCommunicator:
+        headers = [ORIGIN]
+        if user is not None:
+            headers.append((b"cookie", await database_sync_to_async(_cookie)(user)))
+        comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+        made.append(comm)
+        return comm
+
+    return make
