@@ -36,6 +36,8 @@ ERROR_BUDGET = 20  # invalid frames tolerated per minute before the agent counts
 HELLO_BURST = 3
 HELLO_EVERY = 10.0  # seconds per further hello
 RUNTIME_BURST = 10
+CHAT_FRAMES_PER_SECOND = 200  # per chat in flight, beyond the telemetry frame budget
+CHAT_FRAMES_BURST = 500  # per chat in flight: a runtime that answers faster than the agent coalesces
 
 _open = 0  # agent connections open in this process
 _local: dict[int, str] = {}  # node id → channel name of its newest connection in this process
@@ -110,6 +112,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.telemetry = AgentTelemetry(self.node_id)
         self.hellos = TokenBucket(rate=1 / HELLO_EVERY, burst=HELLO_BURST)
         self.runtime_reports = TokenBucket(rate=1.0, burst=RUNTIME_BURST)
+        self.chat_budget = TokenBucket(rate=CHAT_FRAMES_PER_SECOND, burst=CHAT_FRAMES_BURST)
         self.chats = AgentChats(self.channel_layer, self.channel_name, self.node_name, self._send_text)
         await self.accept()
         # Tell an older connection of this node (in any server process) to go, then join the group.
@@ -168,7 +171,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def _receive(self, data: str | bytes) -> None:
         if not self.counted:
             return  # refused at connect (over capacity) and closing: nothing to read
-        if not self.telemetry.admit():  # over budget: dropped unparsed
+        if not self.telemetry.admit() and not self._chat_allowance():  # over budget: dropped unparsed
             if self.telemetry.flooding:
                 log.warning("agent %s exceeds its frame budget; closing", self.node_name)
                 await self.close(code=CLOSE_TOO_MANY_ERRORS)
@@ -203,6 +206,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._touch()
         else:
             await self._touch()
+
+    def _chat_allowance(self) -> bool:
+        """Answers the server asked for are not telemetry: while chats stream, frames over the telemetry
+        budget are still taken, up to CHAT_FRAMES_PER_SECOND (and a burst) for each chat in flight."""
+        active = len(self.chats.pending)
+        if not active:
+            return False
+        self.chat_budget.rate, self.chat_budget.burst = CHAT_FRAMES_PER_SECOND * active, CHAT_FRAMES_BURST * active
+        return self.chat_budget.allow()
 
     async def _on_hello(self, hello: protocol.Hello) -> None:
         # A hello costs a transaction (facts, GPUs, inventory): a small budget of its own.

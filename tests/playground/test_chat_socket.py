@@ -210,3 +210,20 @@ async def _wait(predicate, timeout: float = 10) -> None:
     while not await check():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.05)
+
+
+async def test_a_fast_answer_is_not_cut_by_the_telemetry_frame_budget(browser, bob, make_node, settings):
+    """Deltas of a chat the server asked for pass even when they outrun the agent's telemetry budget."""
+    settings.FLEET_AGENT_MAX_FRAMES_PER_SECOND = 2  # burst 10: far fewer than the deltas below
+    node, secret = await database_sync_to_async(make_node)("gpu-01")
+    words = [f"w{n}" for n in range(150)]
+    fake = await CommunicatorAgent(secret, words=words).start()
+    try:
+        comm = await connected(browser, bob)
+        await comm.send_json_to(start(text="count"))
+        frames, last = await answer(comm)
+        assert last["type"] == "chat.done"
+        assert "".join(f["text"] for f in frames if f["type"] == "chat.delta") == " ".join(words)
+        await comm.disconnect()
+    finally:
+        await fake.stop()
