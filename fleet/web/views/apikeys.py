@@ -11,8 +11,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from fleet.accounts.apikeys import ApiKeyError, create_api_key, revoke_api_key
 from fleet.accounts.models import ApiKey
 from fleet.accounts.permissions import operator_required
-from fleet.web.apikey_forms import ApiKeyForm
 from fleet.lib.http import paginate, server_url
+from fleet.web.apikey_forms import ApiKeyForm
 
 KEYS_PER_PAGE = 50
 
