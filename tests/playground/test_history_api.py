@@ -197,7 +197,8 @@ def test_compare_conversations_keep_two_lanes(bob_client: Client) -> None:
     url = _url("messages", conv["id"])
     user = _post(bob_client, url, {"role": "user", "content": "compare me"}).json()["message"]["id"]
     assert _post(bob_client, url, _answer(user, lane="a", content="stable")).status_code == 201
-    assert _post(bob_client, url, _answer(user, lane="b", content="canary", finish_reason="cancelled")).status_code == 201
+    stopped = _answer(user, lane="b", content="canary", finish_reason="cancelled")
+    assert _post(bob_client, url, stopped).status_code == 201
     lanes = [(m.get("lane"), m["content"]) for m in bob_client.get(_url("conversation", conv["id"])).json()["messages"]]
     assert lanes == [(None, "compare me"), ("a", "stable"), ("b", "canary")]
 
