@@ -42,6 +42,7 @@
     this.url = url;
     this.selects = selects;
     this.note = note;
+    this.onChange = onChange;
     this.extra = { a: null, b: null };  // a wanted target not (or no longer) offered by the server
     this.versions = {};
     this.data = { models: [], nodes: [] };
@@ -59,8 +60,9 @@
   TargetPicker.prototype.load = function () {
     const self = this;
     if (!this.url) {
-      this.fail("The chat server's target list (/playground/targets/) is not available on this server.");
-      return Promise.resolve();
+      return Promise.resolve().then(function () {
+        self.fail("The chat server's target list (/playground/targets/) is not available on this server.");
+      });
     }
     return fetch(this.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
@@ -120,6 +122,7 @@
       if (wanted) self.set(lane, wanted, true);
       if (lane === "b" && !wanted && select.options.length > 1) select.selectedIndex = 1;
     });
+    this.onChange();
   };
 
   TargetPicker.prototype.get = function (lane) {
