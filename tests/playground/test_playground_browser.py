@@ -94,7 +94,8 @@ def page(browser, base_url, session):
     page = context.new_page()
     page.errors, page.dialogs, page.sent, page.requests = [], [], [], []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
-    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message),
+                                      dialog.accept() if dialog.type == "confirm" else dialog.dismiss()))
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: page.sent.append(payload)))
     page.on("request", lambda request: page.requests.append(request.url))
     page.goto(f"{base_url}/playground/")
@@ -203,6 +204,22 @@ def test_markdown_edit_and_regenerate(page) -> None:
     contents = [(m["role"], m["content"][:24]) for m in _saved(page)["messages"]]
     assert contents == [("user", "hello again"), ("assistant", "You said: **hello again*"),
                         ("user", "and more"), ("assistant", "You said: **and more** (")]
+
+    # Rename inline, then delete (confirmed) from the history list.
+    conversation_id = page.evaluate("fleetPlayground.state.conv.id")
+    item = f".pg-conversation[data-conversation-id='{conversation_id}']"
+    page.click(f"{item} [data-rename]")
+    page.fill(".pg-rename", "Greetings")
+    page.press(".pg-rename", "Enter")
+    page.wait_for_function(f"document.querySelector(\"{item} .pg-conversation-title\")?.textContent === 'Greetings'",
+                           timeout=WAIT)
+    assert _saved(page)["title"] == "Greetings"
+    page.click(f"{item} [data-delete]")
+    page.wait_for_selector(item, state="detached", timeout=WAIT)
+    assert page.dialogs and "Greetings" in page.dialogs[-1]
+    assert page.evaluate("fleetPlayground.state.conv") is None and not page.locator(".pg-answer").count()
+    status = page.evaluate(f"fetch('/playground/api/conversations/{conversation_id}/').then(r => r.status)")
+    assert status == 404
 
 
 def test_compare_streams_two_versions_side_by_side(page, base_url) -> None:
