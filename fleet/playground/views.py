@@ -21,14 +21,17 @@ from functools import wraps
 from typing import Any
 
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 from pydantic import BaseModel, ValidationError
 
+from fleet import events
 from fleet.accounts.audit import record
 from fleet.accounts.models import Role
 from fleet.accounts.permissions import admin_required
@@ -136,12 +139,18 @@ def playground(request: HttpRequest) -> HttpResponse:
 @require_POST
 def access_update(request: HttpRequest) -> HttpResponse:
     allow = request.POST.get("viewers_may_chat") == "on"
-    access, _ = PlaygroundAccess.objects.get_or_create(pk=1)
-    if access.viewers_may_chat != allow:
-        access.viewers_may_chat = allow
-        access.updated_by = request.user
-        access.save()
-        record(request.user, "playground.access", access, viewers_may_chat=allow)
+    with transaction.atomic():
+        access, _ = PlaygroundAccess.objects.select_for_update().get_or_create(pk=1)
+        if access.viewers_may_chat != allow:
+            access.viewers_may_chat = allow
+            access.updated_by = request.user
+            access.save()
+            record(request.user, "playground.access", access, viewers_may_chat=allow)
+            if not allow:
+                # Viewers' open chat sockets were allowed under the old setting: close them.
+                viewers = get_user_model().objects.filter(role=Role.VIEWER, is_superuser=False)
+                for viewer_id in viewers.values_list("pk", flat=True):
+                    events.publish(events.user_group(viewer_id), {"type": "user.changed"})
     messages.success(request, "Viewers may now use the playground." if allow
                      else "The playground is for operators and admins only.")
     return redirect("playground:page")

@@ -4,6 +4,7 @@ and who may use it (operators and admins; viewers only when an admin allowed it)
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 from django.db import connection
@@ -258,8 +259,11 @@ def test_who_may_chat(client: Client, alice, bob, charlie, outsider) -> None:
     assert client.get(LIST).status_code == 200
 
     client.force_login(alice)
-    client.post(reverse("playground:access"), {})
+    with mock.patch("fleet.events.publish") as publish:
+        client.post(reverse("playground:access"), {})
     assert not may_chat(charlie)
+    # charlie's open chat socket was allowed under the old setting: it is told to close
+    publish.assert_called_once_with(f"user.{charlie.pk}", {"type": "user.changed"})
 
 
 @pytest.mark.django_db

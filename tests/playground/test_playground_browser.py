@@ -139,6 +139,8 @@ def _saved_with(page, count: int) -> dict:
 
 
 def test_stream_stop_reload_finds_the_conversation(page, base_url) -> None:
+    inline = page.evaluate("Array.from(document.scripts).filter(s => !s.src && s.type !== 'application/json').length")
+    assert inline == 0  # a Content-Security-Policy without 'unsafe-inline' must not break the page
     _send(page, "Tell me a slow story")
     page.wait_for_function("(document.querySelector('.pg-answer.streaming .pg-md') || {})"
                            ".textContent?.includes('word5')", timeout=WAIT)
@@ -170,6 +172,20 @@ def test_stream_stop_reload_finds_the_conversation(page, base_url) -> None:
     assert page.text_content(".pg-answer .pg-md").strip() == saved["messages"][1]["content"].strip()
     assert page.text_content(".pg-conversation.active .pg-conversation-title") == "Tell me a slow story"
     page.screenshot(path="/tmp/play-history.png")
+
+
+def test_reload_mid_answer_keeps_the_conversation(page) -> None:
+    _send(page, "a slow answer, then reload")
+    page.wait_for_function("(document.querySelector('.pg-answer.streaming .pg-md') || {})"
+                           ".textContent?.includes('word3')", timeout=WAIT)
+    conversation_id = page.evaluate("fleetPlayground.state.conv.id")
+    page.reload()
+    _ready(page)
+    page.wait_for_selector(".pg-user", timeout=WAIT)
+    assert page.evaluate("fleetPlayground.state.conv.id") == conversation_id
+    assert page.text_content(".pg-user .pg-text") == "a slow answer, then reload"
+    saved = _saved_with(page, 2)  # what had streamed is kept: saved as stopped as the page went away
+    assert saved["messages"][1]["finish_reason"] == "cancelled" and "word3" in saved["messages"][1]["content"]
 
 
 def test_markdown_edit_and_regenerate(page) -> None:
