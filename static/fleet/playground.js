@@ -13,6 +13,7 @@
   const transcript = $("pg-transcript");
   const placeholder = $("pg-placeholder");
   const prompt = $("pg-prompt");
+  const settingsPanel = document.querySelector(".pg-settings");
 
   const socketBadge = $("pg-socket");
   const SOCKET_LABEL = { connecting: ["connecting", "grey"], live: ["connected", "green"],
@@ -72,7 +73,7 @@
     const el = settings ? $("pg-settings-error") : $("pg-error");
     el.textContent = text;
     el.hidden = !text;
-    if (text && settings) $("pg-settings-error").closest("details").open = true;
+    if (text && settings) settingsPanel.open = true;
   }
 
   function setMode(mode) {
@@ -210,6 +211,7 @@
       $("pg-system").value = conv.system_prompt;
       setParams(conv.params || {});
       S.messages = conv.messages;
+      settingsPanel.open = !conv.messages.length;
       S.saved = settingsSnapshot();
       history.replaceState(null, "", pageUrl + "?c=" + conv.id);
       showError("");
@@ -224,6 +226,7 @@
     stopAll();
     S.conv = null;
     S.messages = [];
+    settingsPanel.open = true;
     history.replaceState(null, "", pageUrl + (S.mode === "compare" ? "?compare=1" : ""));
     renderTranscript();
     sidebar.refresh();
@@ -262,6 +265,7 @@
       return api.addMessage(S.conv.id, body);
     }).then(function (saved) {
       if (replaces) S.messages = S.messages.slice(0, S.messages.findIndex(function (m) { return m.id === replaces; }));
+      if (!S.messages.length) settingsPanel.open = false;  // the summary line still shows them
       S.messages.push(saved.message);
       S.conv.title = saved.title;
       prompt.value = "";
