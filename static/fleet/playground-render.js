@@ -1,5 +1,5 @@
-/* Playground: model output → safe HTML. Model output is untrusted: raw HTML in it is shown as text,
-   images become a text placeholder (nothing remote is fetched), and DOMPurify (vendored) strips anything
+/* Playground: model output → safe HTML, and the answer cards that show it. Model output is untrusted:
+   raw HTML in it is shown as text, images become a text placeholder (nothing remote is fetched), and DOMPurify (vendored) strips anything
    executable as the second line of defence. Links open in a new tab without access to this page. */
 (function () {
   "use strict";
@@ -87,6 +87,60 @@
     return then.toLocaleDateString();
   }
 
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  const FINISH_LABELS = { stop: "finished", length: "hit max tokens", cancelled: "stopped", error: "failed" };
+
+  /** An answer card: head (who answered), sanitized markdown body, stats (finish, TTFT, tokens/s). */
+  function answerCard(message, compare) {
+    const card = el("article", "pg-msg pg-answer");
+    card.setAttribute("data-lane", message.lane);
+    const head = el("div", "pg-msg-head");
+    message.headEl = head;
+    const body = el("div", "pg-md");
+    message.bodyEl = body;
+    const foot = el("div", "pg-stats");
+    message.footEl = foot;
+    card.append(head, body, foot);
+    message.el = card;
+    paintAnswer(message, true, compare);
+    return card;
+  }
+
+  /** Repaint an answer in place; the body is re-rendered while streaming or when `full`. */
+  function paintAnswer(message, full, compare) {
+    if (!message.el) return;
+    const who = message.node ? message.node.name : "";
+    const version = message.sha ? " @ " + (message.revision || message.sha.slice(0, 10)) : "";
+    const model = message.model ? message.model + version : "";
+    const role = compare ? "Answer " + message.lane.toUpperCase() : "Answer";
+    message.headEl.replaceChildren(el("span", "pg-role", role),
+      el("span", "muted small", [who, model].filter(Boolean).join(" \u00b7 ") ||
+        (message.streaming ? "routing\u2026" : "")));
+    if (full || message.streaming) renderInto(message.bodyEl, message.content, !message.streaming);
+    message.el.classList.toggle("streaming", Boolean(message.streaming));
+    const stats = [];
+    if (message.streaming) stats.push(el("span", "badge badge-purple", "streaming"));
+    else if (message.finish_reason) {
+      const colour = { stop: "green", length: "purple", cancelled: "grey", error: "red" }[message.finish_reason];
+      const label = FINISH_LABELS[message.finish_reason];
+      stats.push(el("span", "badge badge-" + colour, label));
+    }
+    stats.push(el("span", "pg-stat", "TTFT " + formatMs(message.ttft_ms)));
+    stats.push(el("span", "pg-stat", formatRate(message.tokens_per_s)));
+    const tokens = message.usage && message.usage.completion_tokens;
+    if (tokens !== null && tokens !== undefined) stats.push(el("span", "pg-stat", tokens + " tokens"));
+    if (message.error) stats.push(el("span", "field-error pg-stat-error", message.error));
+    if (message.saveError) stats.push(el("span", "note", "not saved: " + message.saveError));
+    message.footEl.replaceChildren.apply(message.footEl, stats);
+  }
+
   window.fleetRender = { renderMarkdown: renderMarkdown, renderInto: renderInto, escapeHtml: escapeHtml,
-    formatMs: formatMs, formatRate: formatRate, formatWhen: formatWhen };
+    formatMs: formatMs, formatRate: formatRate, formatWhen: formatWhen, el: el, answerCard: answerCard,
+    paintAnswer: paintAnswer };
 })();

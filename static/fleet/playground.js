@@ -89,12 +89,7 @@
   }
 
   // ---- transcript ----------------------------------------------------------------------------------
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+  const el = R.el;
 
   function busy() { return Object.keys(S.runs).length > 0; }
 
@@ -113,45 +108,8 @@
     return box;
   }
 
-  function answerCard(message) {
-    const card = el("article", "pg-msg pg-answer");
-    card.setAttribute("data-lane", message.lane);
-    const head = el("div", "pg-msg-head");
-    message.headEl = head;
-    const body = el("div", "pg-md");
-    message.bodyEl = body;
-    const foot = el("div", "pg-stats");
-    message.footEl = foot;
-    card.append(head, body, foot);
-    message.el = card;
-    paintAnswer(message, true);
-    return card;
-  }
-
-  function paintAnswer(message, full) {
-    if (!message.el) return;
-    const who = message.node ? message.node.name : "";
-    const model = message.model ? message.model + (message.sha ? " @ " + (message.revision || message.sha.slice(0, 10)) : "") : "";
-    message.headEl.replaceChildren(el("span", "pg-role", S.mode === "compare" ? "Answer " + message.lane.toUpperCase() : "Answer"),
-      el("span", "muted small", [who, model].filter(Boolean).join(" \u00b7 ") ||
-        (message.streaming ? "routing\u2026" : "")));
-    if (full || message.streaming) R.renderInto(message.bodyEl, message.content, !message.streaming);
-    message.el.classList.toggle("streaming", Boolean(message.streaming));
-    const stats = [];
-    if (message.streaming) stats.push(el("span", "badge badge-purple", "streaming"));
-    else if (message.finish_reason) {
-      const colour = { stop: "green", length: "purple", cancelled: "grey", error: "red" }[message.finish_reason];
-      const label = { stop: "finished", length: "hit max tokens", cancelled: "stopped", error: "failed" }[message.finish_reason];
-      stats.push(el("span", "badge badge-" + colour, label));
-    }
-    stats.push(el("span", "pg-stat", "TTFT " + R.formatMs(message.ttft_ms)));
-    stats.push(el("span", "pg-stat", R.formatRate(message.tokens_per_s)));
-    const tokens = message.usage && message.usage.completion_tokens;
-    if (tokens !== null && tokens !== undefined) stats.push(el("span", "pg-stat", tokens + " tokens"));
-    if (message.error) stats.push(el("span", "field-error pg-stat-error", message.error));
-    if (message.saveError) stats.push(el("span", "note", "not saved: " + message.saveError));
-    message.footEl.replaceChildren.apply(message.footEl, stats);
-  }
+  function answerCard(message) { return R.answerCard(message, S.mode === "compare"); }
+  function paintAnswer(message, full) { R.paintAnswer(message, full, S.mode === "compare"); }
 
   function renderTranscript() {
     const parts = [];
