@@ -1,6 +1,7 @@
 /* Playground: model output → safe HTML, and the answer cards that show it. Model output is untrusted:
-   raw HTML in it is shown as text, images become a text placeholder (nothing remote is fetched), and DOMPurify (vendored) strips anything
-   executable as the second line of defence. Links open in a new tab without access to this page. */
+   raw HTML in it is shown as text, images become a text placeholder (nothing remote is fetched), and
+   DOMPurify (vendored) strips anything executable as the second line of defence. Links open in a new
+   tab without access to this page. */
 (function () {
   "use strict";
   if (!window.marked || !window.DOMPurify) return;
