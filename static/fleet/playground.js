@@ -395,5 +395,5 @@
   renderTranscript();
   const openId = root.getAttribute("data-open");
   if (openId) openConversation(Number(openId)); else sidebar.refresh();
-  window.fleetPlayground = { state: S };
+  window.fleetPlayground = { state: S, picker: picker };
 })();

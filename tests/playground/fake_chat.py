@@ -98,6 +98,11 @@ def stand_in_consumer():
 
         async def answer(self, request_id: str, frame: dict) -> None:
             target = frame.get("target") or {}
+            if target.get("model") not in (None, REPO):
+                self.tasks.pop(request_id, None)
+                await self.send_json({"type": "chat.error", "request_id": request_id,
+                                      "error": f"model: {target['model']!r} is not a model this fleet knows"})
+                return
             sha = target.get("sha") or SHA_V1
             node_id, node_name, revision = STAND_IN_NODES.get(sha, (1, "fake-gpu-1", None))
             if target.get("node"):

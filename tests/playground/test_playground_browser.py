@@ -291,3 +291,15 @@ def test_untrusted_markup_in_an_answer_stays_inert(page, base_url) -> None:
         assert "raw anchor" not in links  # raw HTML is shown as text, never as markup
     assert not page.dialogs, page.dialogs
     assert not [url for url in page.requests if not url.startswith(base_url)], page.requests
+
+
+def test_a_failed_answer_says_why_and_is_kept(page) -> None:
+    page.evaluate("fleetPlayground.picker.set('a', {model: 'org/missing'})")
+    assert "not offered now" in page.text_content("#pg-target-a option:checked")
+    _send(page, "anyone there?")
+    page.wait_for_selector(".pg-answer .pg-stats .badge-red", timeout=WAIT)
+    assert page.text_content(".pg-answer .pg-stats .badge") == "failed"
+    assert "org/missing" in page.text_content(".pg-answer .pg-stat-error")
+    saved = _saved_with(page, 2)
+    assert saved["target"] == {"model": "org/missing"}
+    assert saved["messages"][1]["finish_reason"] == "error" and "org/missing" in saved["messages"][1]["error"]
