@@ -36,11 +36,13 @@ class Stack:
     """A Fleet deployment in a temporary folder: one database, N Daphne processes."""
 
     def __init__(self, tmp: Path, *, database_url: str | None = None, redis_url: str | None = None,
-                 servers: int = 1, offline_after: float = 3):
+                 servers: int = 1, offline_after: float = 3, asgi: str = "fleet.asgi:application",
+                 settings: str = "fleet.settings"):
         self.tmp = tmp
+        self.asgi = asgi
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))},
-            "DJANGO_SETTINGS_MODULE": "fleet.settings",
+            "DJANGO_SETTINGS_MODULE": settings,
             "FLEET_VAR_DIR": str(tmp / "var"),
             "FLEET_SECRET_KEY": "integration-test-secret-key-0123456789abcdef",
             "FLEET_OFFLINE_AFTER": str(offline_after),
@@ -65,7 +67,7 @@ class Stack:
         for port in self.ports:
             log = open(self.tmp / f"daphne-{port}.log", "w")  # noqa: SIM115
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(port), "fleet.asgi:application"],
+                [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(port), self.asgi],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             ))
         for port in self.ports:
