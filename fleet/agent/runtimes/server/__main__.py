@@ -1,0 +1,60 @@
+"""``python -m fleet.agent.runtimes.server --model DIR --served-model-name NAME --port N [--host H]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fleet.agent.runtimes.server",
+                                     description="Fleet's builtin OpenAI-compatible runtime (transformers)")
+    parser.add_argument("--model", required=True, type=Path, help="a Hugging Face model folder (snapshot)")
+    parser.add_argument("--served-model-name", required=True, help="the name clients send as 'model'")
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    log = logging.getLogger("fleet.runtime")
+    if not args.model.is_dir():
+        log.error("--model %s is not a folder", args.model)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds serve_forever below
+    started = time.monotonic()
+    from fleet.agent.runtimes.server.app import RuntimeHTTPServer
+    from fleet.agent.runtimes.server.engine import Engine, LoadError
+
+    try:
+        engine = Engine(args.model, device=args.device)
+    except LoadError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        httpd = RuntimeHTTPServer((args.host, args.port), engine, args.served_model_name)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        return 1
+    log.info("ready in %.1fs: serving %s (%s, context %d) on http://%s:%d", time.monotonic() - started,
+             args.served_model_name, engine.device, engine.context, args.host, args.port)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        httpd.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
