@@ -223,7 +223,7 @@ class ChatRelay:
         try:
             process = self.pick(frame.repo)
         except Unavailable as exc:
-            await self.emit(ChatError(type="chat.error", request_id=rid, error=str(exc)))
+            await self.emit(ChatError(type="chat.error", request_id=rid, error=str(exc)[:512]))
             return
         body: dict[str, Any] = {
             "model": process.repo, "messages": [message.model_dump() for message in frame.messages],

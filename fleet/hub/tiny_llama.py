@@ -81,7 +81,7 @@ def _weights(seed: int) -> dict[str, tuple[list[int], list[float]]]:
             for row in range(shape[0]):
                 values += [rng.gauss(0.0, 2.0) if row in spoken else 0.0 for _ in range(hidden)]
         else:
-            values = [rng.gauss(0.0, 0.02 if "layers" in name else 1.0) for _ in range(count)]
+            values = [rng.gauss(0.0, 0.5 if "layers" in name else 1.0) for _ in range(count)]
         tensors[name] = (shape, values)
     return tensors
 

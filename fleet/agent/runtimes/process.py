@@ -226,5 +226,5 @@ class RuntimeProcess:
     def _last_line(self) -> str:
         for line in reversed(self.log):
             if not line.startswith("$ "):
-                return f": {line}"
+                return f": {line[:300]}"
         return ""

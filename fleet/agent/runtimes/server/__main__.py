@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -24,13 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     log = logging.getLogger("fleet.runtime")
     if not args.model.is_dir():
         log.error("--model %s is not a folder", args.model)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds serve_forever below
+    # Nothing to save on SIGTERM, and tearing down an interpreter with torch loaded takes seconds: exit now.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     started = time.monotonic()
     from fleet.agent.runtimes.server.app import RuntimeHTTPServer
     from fleet.agent.runtimes.server.engine import Engine, LoadError
@@ -38,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         engine = Engine(args.model, device=args.device)
     except LoadError as exc:
-        log.error("%s", exc)
+        log.error("%s", " ".join(str(exc).split()))  # one line: the agent reports a failure's last log line
         return 1
     try:
         httpd = RuntimeHTTPServer((args.host, args.port), engine, args.served_model_name)
@@ -49,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              args.served_model_name, engine.device, engine.context, args.host, args.port)
     try:
         httpd.serve_forever(poll_interval=0.2)
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         pass
     finally:
         httpd.server_close()

@@ -96,6 +96,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path != "/v1/chat/completions":
+            self.close_connection = True  # its body is left unread
             self.send_error_json(ApiError(404, f"no route POST {self.path}", kind="not_found_error"))
             return
         try:

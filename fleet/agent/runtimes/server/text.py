@@ -29,7 +29,8 @@ class IncrementalDecoder:
 
 
 class StopScanner:
-    """Holds back just enough text to find any stop string that spans deltas; stop text is never emitted."""
+    """Holds back only the end of the text that could begin a stop string (so one spanning deltas is still
+    found, and its text never emitted); everything before goes out at once."""
 
     def __init__(self, stops: list[str]):
         self.stops = [stop for stop in stops if stop]
@@ -49,9 +50,17 @@ class StopScanner:
             self.stopped = True
             end = min(found)
         else:
-            end = max(self.sent, len(self.text) - self.hold)
+            end = max(self.sent, len(self.text) - self._could_start_a_stop())
         out, self.sent = self.text[self.sent:end], end
         return out
+
+    def _could_start_a_stop(self) -> int:
+        """Length of the longest end of the text that is the beginning of a stop string."""
+        for size in range(min(self.hold, len(self.text)), 0, -1):
+            tail = self.text[-size:]
+            if any(stop.startswith(tail) for stop in self.stops):
+                return size
+        return 0
 
     def flush(self) -> str:
         """What was held back, once generation ended without a stop string."""
