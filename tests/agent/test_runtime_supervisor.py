@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import httpx2
@@ -207,3 +208,31 @@ async def test_activating_a_version_through_the_deployer_switches_the_runtime(fa
     assert not alive(old_pid)
     assert runs(fake_runtimes)[1]["argv"][1] == str(deployer.store.snapshot(REPO, SHA2))
     await supervisor.close()
+
+
+AGENT = """
+import asyncio, sys
+from pathlib import Path
+from fleet.agent.runtimes.supervisor import Supervisor
+from fleet.agent.runtimes.vllm import VllmAdapter
+
+async def main():
+    Supervisor(VllmAdapter(), lambda: [("acme/tiny", "1" * 40, Path(sys.argv[1]))]).start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_runtimes_die_with_a_killed_agent(fake_runtimes, snapshot):
+    root = Path(__file__).resolve().parents[2]
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-c", AGENT, str(snapshot),
+                                                 env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        await until(lambda: runs(fake_runtimes), what="the runtime to start")
+        runtime = runs(fake_runtimes)[0]["pid"]
+        assert alive(runtime)
+    finally:
+        agent.kill()
+        await agent.wait()
+    await until(lambda: not alive(runtime), timeout=10, what="the orphaned runtime to exit")

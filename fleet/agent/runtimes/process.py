@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,16 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _die_with_the_agent() -> None:
+    """In the child before exec: SIGTERM it when the agent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG), so a
+    crashed agent leaves no runtime holding a port and GPU memory that its successor would start again."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def clean_line(raw: str) -> str:
@@ -163,7 +174,8 @@ class RuntimeProcess:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)  # its own group: kill its children too
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # its own group: kill its children too
+                preexec_fn=_die_with_the_agent)
         except OSError as exc:
             raise RuntimeUnavailable(f"cannot start {argv[0]}: {exc}") from None
         reader = asyncio.create_task(self._read_log(self.proc))
