@@ -154,6 +154,11 @@ def cmd_status(args: argparse.Namespace, home: Path) -> int:
         print(f"since:      {status.get('since') or '-'}")
     if status:
         print(f"last error: {status.get('last_error') or '-'}")
+    for runtime in status.get("serving") or [] if running else []:
+        port = f" on 127.0.0.1:{runtime['port']}" if runtime.get("port") else ""
+        reason = f" ({runtime['reason']})" if runtime.get("reason") else ""
+        name = f"{runtime['repo']}@{runtime['sha'][:12]}"
+        print(f"runtime:    {runtime['runtime']} {name} {runtime['state']}{port}{reason}")
     models = ModelStore(home)
     active = dict(models.active())
     for repo, sha in sorted(models.installed()):
