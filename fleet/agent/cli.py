@@ -172,6 +172,8 @@ ROTATION_WAIT_STEPS, ROTATION_WAIT_STEP = 20, 0.25
 def cmd_run(args: argparse.Namespace, home: Path) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # one line per HTTP request: every runtime readiness probe, every download
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         creds = load_credentials(home)
     except StateError as exc:

@@ -31,6 +31,7 @@ class Supervisor:
         self.processes: dict[str, RuntimeProcess] = {}
         self.listeners: list[Listener] = []
         self.stopping: dict[str, asyncio.Task] = {}
+        self.waiting: set[asyncio.Task] = set()  # new versions waiting for their predecessor to stop
         self.closed = False
 
     @property
@@ -85,7 +86,9 @@ class Supervisor:
                 process.start()
             else:
                 process.reason = "waiting for the previous version to stop"
-                asyncio.create_task(self._start_after(previous, process))
+                waiting = asyncio.create_task(self._start_after(previous, process))
+                self.waiting.add(waiting)
+                waiting.add_done_callback(self.waiting.discard)
         if changed:
             self.notify(True)
 
@@ -104,7 +107,7 @@ class Supervisor:
         self.closed = True
         processes = list(self.processes.values())
         self.processes.clear()
-        await asyncio.gather(*(process.stop() for process in processes), *self.stopping.values(),
+        await asyncio.gather(*(process.stop() for process in processes), *self.stopping.values(), *self.waiting,
                              return_exceptions=True)
         if processes:
             self.notify(True)

@@ -132,9 +132,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def complete(self, request: ChatRequest, prompt: list[int]) -> None:
         parts: list[str] = []
+
+        def collect(text: str) -> bool:
+            parts.append(text)
+            return True
+
         try:
-            outcome = self.server.engine.run(request, prompt, lambda text: parts.append(text) is None,
-                                             self.client_gone)
+            outcome = self.server.engine.run(request, prompt, collect, self.client_gone)
         except Exception as exc:
             log.exception("generation failed")
             self.send_error_json(ApiError(500, f"generation failed: {type(exc).__name__}: {exc}",
