@@ -53,10 +53,12 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, model_dir: Path, device: str | None = None):
+    def __init__(self, model_dir: Path, device: str | None = None, threads: int = 0):
         import torch
         import transformers
 
+        if threads > 0:
+            torch.set_num_threads(threads)
         transformers.logging.set_verbosity_error()
         self.torch = torch
         try:
