@@ -364,6 +364,9 @@ async def test_health_checks(node):
         "hc-sha": HealthCheck(type="healthcheck", command_id="hc-sha", repo=GOOD, sha="c" * 40, prompt="ping"),
         "hc-broken": HealthCheck(type="healthcheck", command_id="hc-broken", repo=BROKEN, sha=BROKEN_SHA,
                                  prompt="ping"),
+        # 128 tokens take far longer than 50 ms here (a few ms each at best)
+        "hc-slow": HealthCheck(type="healthcheck", command_id="hc-slow", repo=GOOD, sha=SHA, prompt="ping",
+                               timeout=0.05),
     }
     for check in checks.values():
         await node.peer.send(check)
@@ -377,3 +380,6 @@ async def test_health_checks(node):
     assert event("hc-sha").error == f"this node does not serve {GOOD}@cccccccccccc (it serves {GOOD}@{SHA[:12]})"
     assert event("hc-broken").state == "failed" and "the runtime for acme/broken failed: exited with code 1" in \
         event("hc-broken").error
+    assert event("hc-slow").state == "failed"
+    assert event("hc-slow").error == f"no answer from {GOOD}@{SHA[:12]} within 0.05s"
+    await until(lambda: idle(node), what="the abandoned health check to stop generating")
