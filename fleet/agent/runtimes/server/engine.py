@@ -79,14 +79,18 @@ class Engine:
         config = self.model.config
         self.context = int(getattr(config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         self.lock = threading.Lock()
+        # A fast tokenizer used from two threads at once can fail with "Already borrowed" (encoding sets its
+        # truncation state): prompts are encoded outside the generation lock, so both sides take this one.
+        self.tokenizer_lock = threading.Lock()
         self.stats = Stats()
 
     # ---- before queueing ------------------------------------------------------------------------------
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         try:
-            encoded = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
-                                                         tokenize=True, return_dict=True)
+            with self.tokenizer_lock:
+                encoded = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
+                                                             tokenize=True, return_dict=True)
         except Exception as exc:  # e.g. a template that insists on alternating roles
             raise ApiError(400, f"messages: the model's chat template refused them: {exc}", param="messages") from None
         ids = list(encoded["input_ids"])
@@ -145,7 +149,7 @@ class Engine:
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         decoder, scanner = IncrementalDecoder(self.tokenizer), StopScanner(request.stop)
         state = {"tokens": 0, "last": None, "left": False, "prompt_seen": False}
-        stats = self.stats
+        stats, tokenizer_lock = self.stats, self.tokenizer_lock
 
         class Streamer(transformers.generation.streamers.BaseStreamer):
             def put(self, value: Any) -> None:
@@ -158,7 +162,9 @@ class Engine:
                 stats.add(completion_tokens_total=1)
                 if state["left"] or scanner.stopped:
                     return
-                text = scanner.feed(decoder.add(token)) if token not in eos_ids else ""
+                with tokenizer_lock:
+                    delta = decoder.add(token) if token not in eos_ids else ""
+                text = scanner.feed(delta)
                 if (text and not emit(text)) or gone():
                     state["left"] = True
 
