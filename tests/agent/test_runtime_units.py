@@ -183,3 +183,16 @@ def test_incremental_decoder_waits_for_whole_characters(tiny_model):
     pieces = [decoder.add(token) for token in ids]
     assert "".join(pieces) == "h\u00e9\u2603 ok" and "\ufffd" not in "".join(pieces)
     assert pieces[:6] == ["h", "", "\u00e9", "", "", "\u2603"]
+
+
+def test_the_agent_never_imports_torch_or_transformers():
+    import subprocess
+
+    code = ("import sys, fleet.agent.cli, fleet.agent.chat, fleet.agent.runtimes.supervisor, "
+            "fleet.agent.runtimes.server.app, fleet.agent.runtimes.server.__main__\n"
+            "from fleet.agent.runtimes import available_runtimes; available_runtimes()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
