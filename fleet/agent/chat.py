@@ -37,7 +37,7 @@ log = logging.getLogger("fleet.agent.chat")
 Send = Callable[[BaseModel], Awaitable[None]]
 
 COALESCE = 0.02  # seconds: at most ~50 delta frames a second per chat, at most this much added latency
-COUNTERS_EVERY = 0.5  # seconds: how often busy-ness changes alone are reported
+COUNTERS_EVERY = 1.0  # seconds: how often busy-ness changes alone are reported (the log tail rides along)
 MAX_DELTA_CHARS = 65536  # ChatDelta.text's bound
 HEALTHCHECK_MAX_TOKENS = 128
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
