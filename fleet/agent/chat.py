@@ -2,9 +2,10 @@
 
 A ``chat`` frame becomes one streamed ``POST /v1/chat/completions`` to the runtime serving its repo; the
 answer goes back as ``chat.delta`` frames (deltas arriving within ``COALESCE`` seconds of the previous frame
-share one), then ``chat.done`` or ``chat.error``. Many chats run at once, each its own task keyed by
-``request_id``; ``chat.cancel`` cancels the task, which closes the HTTP stream, which makes the runtime stop
-generating. A ``healthcheck`` asks the runtime serving exactly that repo@sha one question.
+share one; longer with many chats at once, see DELTA_FRAMES_PER_SECOND), then ``chat.done`` or
+``chat.error``. Many chats run at once, each its own task keyed by ``request_id``; ``chat.cancel`` cancels
+the task, which closes the HTTP stream, which makes the runtime stop generating. A ``healthcheck`` asks the
+runtime serving exactly that repo@sha one question.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ log = logging.getLogger("fleet.agent.chat")
 Send = Callable[[BaseModel], Awaitable[None]]
 
 COALESCE = 0.02  # seconds: at most ~50 delta frames a second per chat, at most this much added latency
+# All chats together send at most this many delta frames a second: the server drops an agent's frames past
+# FLEET_AGENT_MAX_FRAMES_PER_SECOND (default 200), and metrics, events and reports need room too.
+DELTA_FRAMES_PER_SECOND = 100.0
 COUNTERS_EVERY = 1.0  # seconds: how often busy-ness changes alone are reported (the log tail rides along)
 MAX_DELTA_CHARS = 65536  # ChatDelta.text's bound
 HEALTHCHECK_MAX_TOKENS = 128
@@ -61,20 +65,21 @@ class Unavailable(Exception):
 
 
 class Coalescer:
-    """Joins deltas that arrive within COALESCE seconds of the last frame sent; order is kept by a lock."""
+    """Joins deltas that arrive within ``interval()`` seconds of the last frame sent; order is kept by a lock."""
 
-    def __init__(self, send: Callable[[str], Awaitable[None]]):
+    def __init__(self, send: Callable[[str], Awaitable[None]], interval: Callable[[], float] = lambda: COALESCE):
         self.send = send
+        self.interval = interval
         self.parts: list[str] = []
         self.lock = asyncio.Lock()
-        self.last = 0.0
+        self.last = float("-inf")  # the first delta goes out at once
         self.timer: asyncio.TimerHandle | None = None
         self.flushing: set[asyncio.Task] = set()
 
     async def add(self, text: str) -> None:
         self.parts.append(text)
         loop = asyncio.get_running_loop()
-        wait = self.last + COALESCE - loop.time()
+        wait = self.last + self.interval() - loop.time()
         if wait <= 0:
             await self.flush()
         elif self.timer is None:
@@ -233,7 +238,7 @@ class ChatRelay:
         async def send_delta(text: str) -> None:
             await self.emit(ChatDelta(type="chat.delta", request_id=rid, text=text))
 
-        coalescer = Coalescer(send_delta)
+        coalescer = Coalescer(send_delta, lambda: max(COALESCE, len(self.chats) / DELTA_FRAMES_PER_SECOND))
         usage: dict[str, int] = {}
         process.begin_request()
         try:

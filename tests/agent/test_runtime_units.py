@@ -196,3 +196,23 @@ def test_the_agent_never_imports_torch_or_transformers():
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+async def test_the_coalescer_joins_deltas_within_its_interval_and_keeps_their_order():
+    from fleet.agent.chat import Coalescer
+
+    frames: list[str] = []
+
+    async def send(text: str) -> None:
+        frames.append(text)
+
+    coalescer = Coalescer(send, lambda: 3600.0)
+    for part in ("a", "b", "c", "d"):
+        await coalescer.add(part)
+    assert frames == ["a"]  # the first goes at once; the rest wait for the interval
+    await coalescer.close()
+    assert frames == ["a", "bcd"]
+    eager = Coalescer(send, lambda: 0.0)
+    await eager.add("x")
+    await eager.add("y")
+    assert frames[-2:] == ["x", "y"]
