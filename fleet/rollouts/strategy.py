@@ -17,8 +17,8 @@ _PERCENT = re.compile(r"^(\d{1,3}(?:\.\d+)?)%$")
 Count = int | str
 
 
-def _check_count(value: Count, minimum: int) -> Count:
-    if isinstance(value, bool):
+def _check_count(value: object, minimum: int) -> Count:
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("use a number of nodes such as 2, or a share such as '25%'")
     if isinstance(value, int):
         if value < minimum:
@@ -64,14 +64,14 @@ class Strategy(BaseModel):
     order_by: Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9_.\-/]*$")] = "zone"
     healthcheck: HealthCheckSpec = HealthCheckSpec()
 
-    @field_validator("canary")
+    @field_validator("canary", mode="before")
     @classmethod
-    def _canary(cls, value: Count) -> Count:
+    def _canary(cls, value: object) -> Count:
         return _check_count(value, 0)
 
-    @field_validator("batch", "max_unavailable")
+    @field_validator("batch", "max_unavailable", mode="before")
     @classmethod
-    def _at_least_one(cls, value: Count) -> Count:
+    def _at_least_one(cls, value: object) -> Count:
         return _check_count(value, 1)
 
     def later_failure_budget(self, later_targets: int) -> int:
