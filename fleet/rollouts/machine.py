@@ -379,7 +379,7 @@ def _report(work: _Work, report: Report) -> None:
         if target.state == T.DEFERRED and work.state in RUNNING:
             work.update(index, "back online", state=T.QUEUED, attempt=target.attempt + 1, tries=0)
         elif (kind := target.outstanding()) is not None:
-            if kind == CommandKind.HEALTHCHECK:
+            if kind == CommandKind.HEALTHCHECK and strategy.healthcheck is not None:
                 target = work.update(index, check_until=work.now + strategy.healthcheck.timeout_seconds)
             work.issue(index, kind)  # the same id: an agent that already did it does not do it again
         return
@@ -505,10 +505,14 @@ def _timers(work: _Work) -> None:
         elif target.state != T.VERIFYING or not target.online:
             continue
         elif target.check_until is None and work.state in RUNNING and now >= (target.soak_until or 0.0):
+            if strategy.healthcheck is None:
+                work.update(index, f"soaked {strategy.min_ready_seconds:g}s (no health check configured)",
+                            state=T.COMMITTED, soak_until=None)
+                continue
             work.update(index, check_until=now + strategy.healthcheck.timeout_seconds)
             work.issue(index, CommandKind.HEALTHCHECK)
         elif target.check_until is not None and now >= target.check_until:
-            timeout = strategy.healthcheck.timeout_seconds
+            timeout = strategy.healthcheck.timeout_seconds if strategy.healthcheck else 0
             _roll_back_locally(work, index, f"health check failed: no answer within {timeout:g}s")
 
 

@@ -62,7 +62,8 @@ class Strategy(BaseModel):
     progress_deadline_seconds: Annotated[float, Field(ge=10, le=7 * 86_400)] = 600.0
     offline_grace_seconds: Annotated[float, Field(ge=0, le=7 * 86_400)] = 120.0
     order_by: Annotated[str, Field(max_length=63, pattern=r"^[A-Za-z0-9_.\-/]*$")] = "zone"
-    healthcheck: HealthCheckSpec = HealthCheckSpec()
+    healthcheck: HealthCheckSpec | None = Field(
+        HealthCheckSpec(), description="the prompt each node must answer after its soak; null: the soak alone")
 
     @field_validator("canary", mode="before")
     @classmethod

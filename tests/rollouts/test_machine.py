@@ -333,3 +333,14 @@ def test_the_machine_imports_no_django() -> None:
 
     code = "import sys, fleet.rollouts.machine; assert not [m for m in sys.modules if m.startswith('django')]"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_without_a_health_check_the_soak_alone_commits() -> None:
+    sim = Sim(make_rollout(2, healthcheck=None, min_ready_seconds=10))
+    sim.tick(0)
+    stage_all(sim)
+    sim.deliver(1)
+    assert kinds(sim.tick(9)) == []
+    result = sim.tick(2)
+    assert sim.rollout.target(1).state == T.COMMITTED and kinds(result) == [(2, "activate")]
+    assert any(t.why == "soaked 10s (no health check configured)" for t in result.transitions)

@@ -24,6 +24,7 @@ strategies = st.fixed_dictionaries({
     "offline_grace_seconds": st.sampled_from([0.0, 60.0]),
     "progress_deadline_seconds": st.sampled_from([100.0, 600.0]),
     "serving_new": st.sampled_from([(), (2,)]),
+    "healthcheck": st.sampled_from([{}, {}, None]),
 })
 
 node = st.integers(1, 7)
