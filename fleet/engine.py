@@ -3,7 +3,7 @@
 Two kinds of tasks, each a (name, interval seconds, function) tuple whose function is idempotent and
 makes its changes with compare-and-set updates, so a task that runs twice does no harm:
 
-- leader tasks (`tasks()`: hub sync, retention, rollouts) run only in the process that leads;
+- leader tasks (`tasks()`: retention, hub sync, rollouts) run only in the process that leads;
 - process tasks (`process_tasks()`: the coalesced fleet summary, the offline sweep) run in every
   process that runs an engine, because what they publish goes through that process's channel layer.
 
@@ -39,6 +39,7 @@ from django.db import close_old_connections, connection
 from fleet.agents import presence
 from fleet.hub import sync as hub_sync
 from fleet.inventory import summary
+from fleet.rollouts import driver as rollouts_driver
 from fleet.telemetry import records as telemetry_records
 
 log = logging.getLogger("fleet.engine")
@@ -53,6 +54,7 @@ def tasks() -> list[Task]:
     return [
         ("telemetry-retention", 3600.0, telemetry_records.prune),
         ("hub-sync", 2.0, hub_sync.tick),
+        ("rollouts", rollouts_driver.INTERVAL, rollouts_driver.tick),
     ]
 
 
@@ -238,7 +240,9 @@ class Engine:
         log.warning("%s lost leadership; leader tasks stop until it leads again", self.name)
         self.leading = False
         self.leadership.release()
-        self._next_try = time.monotonic()  # try again at once: it may be a dropped connection, not a rival
+        # Try again after the usual interval: a healthy rival (polling at that interval) takes over first,
+        # and with none this engine leads again once its connection is back.
+        self._next_try = time.monotonic() + self.retry
 
     def _run_if_due(self, task: Task) -> None:
         name, interval, function = task

@@ -222,3 +222,22 @@ def mirror_url(scope: dict) -> str:
         host = f"{server[0]}:{server[1]}"
     scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
     return f"{scheme}://{host}/hf"
+
+
+def ensure(actor: Any, node: Node, kind: str, version: ModelVersion, command_id: str, *,
+           activate: bool = False) -> tuple[NodeCommand, bool]:
+    """Queue a command under a stable id chosen by the caller (a rollout): a second call with the same id
+    returns the first command and queues nothing, so a resent command is never done twice. Returns
+    (command, created). The caller orders the steps (stage before activate), so the checks of `create`
+    that guard a person's clicks do not apply; call it inside the caller's transaction."""
+    if kind not in (CommandKind.DEPLOY, CommandKind.ACTIVATE):
+        raise CommandError("kind", "rollouts queue deploy and activate commands only")
+    command, created = NodeCommand.objects.get_or_create(command_id=command_id, defaults={
+        "node": node, "kind": kind, "version": version, "repo": version.model.repo_id, "sha": version.sha,
+        "activate": activate and kind == CommandKind.DEPLOY,
+        "bytes_total": version.total_size if kind == CommandKind.DEPLOY else 0,
+        "created_by": actor if getattr(actor, "pk", None) else None,
+    })
+    if created:  # logged by the caller (RolloutEvent rows), not in the audit log: the operator's act is there
+        events.publish(events.node_group(node.pk), {"type": "agent.command", "command_id": command_id})
+    return command, created

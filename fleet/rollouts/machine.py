@@ -242,7 +242,7 @@ class RetryTarget:
 
 @dataclass(frozen=True)
 class Supersede:
-    by: int
+    by: int | None = None  # the newer rollout, when it already has an id
 
 
 Event = Report | Tick | Restart | Pause | Resume | Abort | Rollback | RetryTarget | Supersede
@@ -355,11 +355,11 @@ def _operator(work: _Work, event: Event) -> None:
     elif isinstance(event, Supersede):
         if state in TERMINAL:
             raise Rejected(f"the rollout already {state.value}")
+        why = f"superseded by rollout {event.by}" if event.by is not None else "superseded by a newer rollout"
         for index, target in enumerate(work.targets):
             if target.state not in DONE:
-                work.update(index, f"superseded by rollout {event.by}", state=T.ABORTED)
-        work.move(R.SUPERSEDED, f"superseded by rollout {event.by}", reason=f"superseded by rollout {event.by}",
-                  paused_at=None, resume_at=None)
+                work.update(index, why, state=T.ABORTED)
+        work.move(R.SUPERSEDED, why, reason=why, paused_at=None, resume_at=None)
 
 
 def _report(work: _Work, report: Report) -> None:
