@@ -63,10 +63,9 @@ def reports(row: Rollout, targets: list[RolloutTarget], snapshot: machine.Rollou
 
 
 def advance(rollout_id: int, now: datetime | None = None, restart: bool = False) -> machine.Result:
-    row, targets = transitions.load(rollout_id)
-    snapshot = transitions.snapshot(row, targets)
-    found = reports(row, targets, snapshot)
-    return transitions.apply(rollout_id, [*found, machine.Restart() if restart else machine.Tick()], now=now)
+    timer = machine.Restart() if restart else machine.Tick()
+    return transitions.apply(rollout_id, lambda row, targets, snapshot: [*reports(row, targets, snapshot), timer],
+                             now=now)
 
 
 def tick(now: datetime | None = None) -> int:

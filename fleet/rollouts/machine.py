@@ -266,6 +266,7 @@ class _Work:
 
     def __post_init__(self) -> None:
         self.targets = list(self.rollout.targets)
+        self.index = {target.node: i for i, target in enumerate(self.targets)}
 
     def get(self, name: str) -> Any:
         return self.changes.get(name, getattr(self.rollout, name))
@@ -305,17 +306,27 @@ class _Work:
 
 def step(rollout: Rollout, event: Event, now: float) -> Result:
     """Apply one input to a rollout snapshot; raises `Rejected` for an operator action it cannot take."""
+    return step_all(rollout, [event], now)
+
+
+def step_all(rollout: Rollout, events: list[Event], now: float) -> Result:
+    """Apply several inputs that arrived at the same moment, in order: the same as one `step` each, but
+    agent reports are taken together before the rollout advances (one pass of the engine over many nodes
+    costs one copy of the snapshot, not one per report)."""
     work = _Work(rollout, now)
-    if isinstance(event, Report):
-        _report(work, event)
-    elif isinstance(event, Restart):
-        for index, target in enumerate(work.targets):
-            kind = target.outstanding()
-            if kind is not None and target.online and rollout.state not in TERMINAL:
-                work.issue(index, kind)
-    elif not isinstance(event, Tick):
-        _operator(work, event)
-    _advance(work)
+    for position, event in enumerate(events):
+        if isinstance(event, Report):
+            _report(work, event)
+            if position + 1 < len(events) and isinstance(events[position + 1], Report):
+                continue  # advance once after the last of a run of reports
+        elif isinstance(event, Restart):
+            for index, target in enumerate(work.targets):
+                kind = target.outstanding()
+                if kind is not None and target.online and work.state not in TERMINAL:
+                    work.issue(index, kind)
+        elif not isinstance(event, Tick):
+            _operator(work, event)
+        _advance(work)
     return work.result()
 
 
@@ -343,7 +354,7 @@ def _operator(work: _Work, event: Event) -> None:
             raise Rejected(f"the rollout already {state.value};{hint}".rstrip(";"))
         _abort(work, event.reason, revert=isinstance(event, Rollback) or work.strategy.auto_rollback)
     elif isinstance(event, RetryTarget):
-        index = next((i for i, t in enumerate(work.targets) if t.node == event.node), None)
+        index = work.index.get(event.node)
         if index is None:
             raise Rejected(f"node {event.node} is not a target of this rollout")
         target = work.targets[index]
@@ -363,7 +374,7 @@ def _operator(work: _Work, event: Event) -> None:
 
 
 def _report(work: _Work, report: Report) -> None:
-    index = next((i for i, t in enumerate(work.targets) if t.node == report.node), None)
+    index = work.index.get(report.node)
     if index is None or work.state in TERMINAL:
         return
     target = work.targets[index]

@@ -7,12 +7,12 @@ machine's commands as hub NodeCommands under their stable ids (so a resent comma
 
 from __future__ import annotations
 
-from dataclasses import fields as dataclass_fields
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from fleet.accounts import audit
@@ -60,9 +60,12 @@ def load(rollout_id: int) -> tuple[Rollout, list[RolloutTarget]]:
     return row, targets
 
 
-def apply(rollout_id: int, events: list[machine.Event], actor: Any = "engine",
-          now: datetime | None = None) -> machine.Result:
-    """Feed ``events`` to the rollout in order and store the outcome in one transaction.
+Inputs = list[machine.Event] | Callable[[Rollout, list[RolloutTarget], machine.Rollout], list[machine.Event]]
+
+
+def apply(rollout_id: int, events: Inputs, actor: Any = "engine", now: datetime | None = None) -> machine.Result:
+    """Feed ``events`` (or what ``events(row, targets, snapshot)`` makes of the rows just read) to the
+    rollout in order and store the outcome in one transaction.
 
     Raises `machine.Rejected` (an operator action that does not fit) or `Conflict`."""
     now = now or timezone.now()
@@ -70,17 +73,14 @@ def apply(rollout_id: int, events: list[machine.Event], actor: Any = "engine",
         with transaction.atomic():
             row, targets = load(rollout_id)
             before = snapshot(row, targets)
-            after, commands, moves = before, [], []
-            for event in events:
-                result = machine.step(after, event, now.timestamp())
-                after = result.rollout
-                commands += result.commands
-                moves += result.transitions
-            if after == before and not commands:
-                return machine.Result(after)
-            if not _store(row, targets, before, after, moves, commands, actor, now):
+            inputs = events(row, targets, before) if callable(events) else events
+            result = machine.step_all(before, inputs, now.timestamp())
+            if result.rollout == before and not result.commands:
+                return result
+            if not _store(row, targets, before, result.rollout, list(result.transitions), list(result.commands),
+                          actor, now):
                 continue  # another writer got there first: read again
-            return machine.Result(after, tuple(commands), tuple(moves))
+            return result
     raise Conflict(f"rollout {rollout_id} kept changing under {CAS_TRIES} attempts; try again")
 
 
@@ -98,25 +98,8 @@ def _store(row: Rollout, targets: list[RolloutTarget], before: machine.Rollout, 
     if not Rollout.objects.filter(pk=row.pk, revision=row.revision).update(**changes):
         return False
     by_node = {t.node_id: t for t in targets}
-    changed = []
-    for old, new in zip(before.targets, after.targets, strict=True):
-        if old == new:
-            continue
-        target = by_node[new.node]
-        for field in dataclass_fields(new):
-            if field.name in ("node", "name"):
-                continue
-            value = getattr(new, field.name)
-            setattr(target, field.name, _datetime(value) if field.name in _TARGET_TIMES else str(value)
-                    if isinstance(value, StrEnum) else value)
-        kind = new.outstanding()
-        target.command_id = machine.command_id(after.id, new, kind) if kind else ""
-        target.updated_at = now
-        changed.append(target)
-    if changed:
-        RolloutTarget.objects.bulk_update(changed, [
-            "state", "on", "attempt", "tries", "online", "error", "command_id", "updated_at", "wave",
-            *_TARGET_TIMES])
+    _update_targets(row.pk, [new for old, new in zip(before.targets, after.targets, strict=True) if old != new],
+                    after.id, now)
     actor_name = actor.get_username() if hasattr(actor, "get_username") else str(actor)
     RolloutEvent.objects.bulk_create([
         RolloutEvent(rollout_id=row.pk, target=by_node.get(move.node), from_state=str(move.from_state),
@@ -129,19 +112,46 @@ def _store(row: Rollout, targets: list[RolloutTarget], before: machine.Rollout, 
     return True
 
 
+_TARGET_COLUMNS = ("state", "on", "attempt", "tries", "online", "error", "command_id", *_TARGET_TIMES)
+
+
+def _update_targets(rollout_id: int, changed: list[machine.Target], snapshot_id: int, now: datetime) -> None:
+    """One UPDATE per changed target, sent as one batch (executemany): far cheaper than bulk_update's
+    CASE expressions for hundreds of targets."""
+    if not changed:
+        return
+    fields = {name: RolloutTarget._meta.get_field(name) for name in (*_TARGET_COLUMNS, "updated_at")}
+    rows = []
+    for target in changed:
+        kind = target.outstanding()
+        values = {name: getattr(target, name) for name in _TARGET_COLUMNS if name != "command_id"}
+        values.update({name: _datetime(values[name]) for name in _TARGET_TIMES})
+        values["command_id"] = machine.command_id(snapshot_id, target, kind) if kind else ""
+        values["updated_at"] = now
+        rows.append([fields[name].get_db_prep_save(str(value) if isinstance(value, StrEnum) else value, connection)
+                     for name, value in values.items()] + [rollout_id, target.node])
+    table = connection.ops.quote_name(RolloutTarget._meta.db_table)
+    columns = ", ".join(f"{connection.ops.quote_name(fields[name].column)} = %s" for name in
+                        (*[n for n in _TARGET_COLUMNS if n != "command_id"], "command_id", "updated_at"))
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {table} SET {columns} WHERE rollout_id = %s AND node_id = %s", rows)
+
+
 def _dispatch(row: Rollout, by_node: dict[int, RolloutTarget], commands: list[machine.Command]) -> None:
     """Machine commands as hub NodeCommands: stage = deploy, activate = activate the new version, a local
     rollback or a revert = activate the old version again."""
+    items = []
     for command in commands:
-        node = by_node[command.node].node
         if command.kind == machine.CommandKind.STAGE:
-            hub_commands.ensure("engine", node, HubKind.DEPLOY, row.to_version, command.id)
+            items.append((command.node, HubKind.DEPLOY, row.to_version, command.id))
         elif command.kind == machine.CommandKind.ACTIVATE:
-            hub_commands.ensure("engine", node, HubKind.ACTIVATE, row.to_version, command.id)
+            items.append((command.node, HubKind.ACTIVATE, row.to_version, command.id))
         elif command.kind in (machine.CommandKind.ROLLBACK_LOCAL, machine.CommandKind.REVERT):
-            hub_commands.ensure("engine", node, HubKind.ACTIVATE, row.from_version, command.id)
-        else:  # refused when the rollout was created (services.SUPPORTED_CHECKS); never reached
+            items.append((command.node, HubKind.ACTIVATE, row.from_version, command.id))
+        else:  # services.parse_strategy refuses health checks until the hub can carry them
             raise machine.Rejected("this server cannot send health checks yet")
+    if items:
+        hub_commands.ensure("engine", items)
 
 
 def _finished(row: Rollout, after: machine.Rollout) -> None:

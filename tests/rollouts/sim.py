@@ -71,6 +71,26 @@ class Sim:
         self.nodes[node].online = online
         return self.apply(m.Report(node, m.ReportKind.ONLINE if online else m.ReportKind.OFFLINE))
 
+    def deliver_all(self, outcome: str = "ok") -> m.Result | None:
+        """Every online node with a pending command answers at the same moment: one `step_all`."""
+        reports = []
+        real_apply = self.apply
+        self.apply = reports.append  # collect instead of applying one by one
+        try:
+            for node in self.pending():
+                self.deliver(node, outcome)
+        finally:
+            self.apply = real_apply
+        if not reports:
+            return None
+        result = m.step_all(self.rollout, reports, self.now)
+        self.rollout = result.rollout
+        self.transitions += result.transitions
+        for command in result.commands:
+            self._receive(result, command)
+        self.check()
+        return result
+
     def deliver(self, node: int, outcome: str = "ok", progress: bool = False) -> m.Result | None:
         """The node carries out its oldest pending command and reports (outcome: ok, fail, unhealthy)."""
         fake = self.nodes[node]

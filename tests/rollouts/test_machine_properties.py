@@ -37,6 +37,7 @@ actions = st.one_of(  # weighted: mostly agents answering and time passing, now 
     st.tuples(st.just("repeat"), node),
     st.tuples(st.sampled_from(["pause", "timed-pause", "resume", "abort", "rollback", "restart", "supersede"])),
     st.tuples(st.just("retry"), node),
+    st.tuples(st.just("burst"), st.sampled_from(["ok", "ok", "fail"])),
 )
 
 
@@ -49,6 +50,8 @@ def run(sim: Sim, action: tuple) -> None:
             pending = sim.pending()
             if pending:
                 sim.deliver(pending[(args[0] - 1) % len(pending)], args[1], progress=args[2])
+        elif kind == "burst":
+            sim.deliver_all(args[0])
         elif kind == "tick":
             sim.tick(args[0])
         elif kind in ("offline", "online"):
@@ -91,7 +94,7 @@ def finish(sim: Sim, limit: int = 3000) -> None:
     raise AssertionError(f"the rollout never finished: {sim.rollout}")
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(strategies, st.lists(actions, max_size=80))
 def test_invariants_hold_under_any_sequence(params: dict, sequence: list) -> None:
     params = dict(params)
