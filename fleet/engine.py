@@ -217,7 +217,7 @@ class Engine:
             if self.leading and not self.leadership.held():
                 self._lose()
             if not self.leading and now >= self._next_try:
-                if self.leadership.acquire():
+                if self._acquire():
                     self.leading = True
                     self._due.update({name: 0.0 for name, _, _ in self.leader_tasks})
                     log.info("%s leading: %s", self.name, ", ".join(name for name, _, _ in self.leader_tasks))
@@ -235,6 +235,13 @@ class Engine:
                     break
                 self._run_if_due(task)
             return self._wait()
+
+    def _acquire(self) -> bool:
+        try:
+            return self.leadership.acquire()
+        except OSError as error:  # the lock file's folder unwritable, say: say so, keep serving, retry
+            log.error("%s cannot take leadership: %s", self.name, error)
+            return False
 
     def _lose(self) -> None:
         log.warning("%s lost leadership; leader tasks stop until it leads again", self.name)
