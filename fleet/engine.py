@@ -39,6 +39,7 @@ from django.db import close_old_connections, connection
 from fleet.agents import presence
 from fleet.hub import sync as hub_sync
 from fleet.inventory import summary
+from fleet.rollouts import converge as deployments_converge
 from fleet.rollouts import driver as rollouts_driver
 from fleet.telemetry import records as telemetry_records
 
@@ -55,6 +56,7 @@ def tasks() -> list[Task]:
         ("telemetry-retention", 3600.0, telemetry_records.prune),
         ("hub-sync", 2.0, hub_sync.tick),
         ("rollouts", rollouts_driver.INTERVAL, rollouts_driver.tick),
+        ("deployments", deployments_converge.INTERVAL, deployments_converge.tick),
     ]
 
 

@@ -36,6 +36,7 @@ def recorder(log: list, name: str):
     return lambda: log.append(name)
 
 
+@pytest.mark.django_db  # each task starts with close_old_connections()
 def test_leader_tasks_run_only_while_leading_and_process_tasks_always() -> None:
     log: list[str] = []
     leadership = FakeLeadership(free=False)
@@ -48,6 +49,7 @@ def test_leader_tasks_run_only_while_leading_and_process_tasks_always() -> None:
     assert engine.leading and log == ["local", "local", "lead"]
 
 
+@pytest.mark.django_db  # each task starts with close_old_connections()
 def test_losing_the_lock_stops_leader_work_at_once_and_it_tries_to_regain() -> None:
     log: list[str] = []
     leadership = FakeLeadership()
@@ -62,6 +64,7 @@ def test_losing_the_lock_stops_leader_work_at_once_and_it_tries_to_regain() -> N
     assert engine.leading and log == ["a", "a"]
 
 
+@pytest.mark.django_db  # each task starts with close_old_connections()
 def test_a_failing_task_does_not_stop_the_others() -> None:
     log: list[str] = []
 
@@ -73,6 +76,7 @@ def test_a_failing_task_does_not_stop_the_others() -> None:
     assert log == ["ok"]
 
 
+@pytest.mark.django_db  # each task starts with close_old_connections()
 def test_run_once_runs_every_task_without_leading() -> None:
     log: list[str] = []
     engine = Engine([("lead", 60.0, recorder(log, "lead"))], [("local", 60.0, recorder(log, "local"))],
@@ -91,7 +95,8 @@ def test_file_leadership_is_exclusive_and_released_on_close(tmp_path) -> None:
 
 
 def test_the_engine_tasks_are_registered() -> None:
-    assert {"telemetry-retention", "hub-sync", "rollouts"} <= {name for name, _, _ in engine_module.tasks()}
+    names = [name for name, _, _ in engine_module.tasks()]
+    assert names == ["telemetry-retention", "hub-sync", "rollouts", "deployments"]
     assert {name for name, _, _ in engine_module.process_tasks()} == {"fleet-summary", "offline-sweep"}
     assert [name for name, _, _ in engine_module.process_tasks(sweep=False)] == ["fleet-summary"]
 
