@@ -13,7 +13,7 @@ from django.utils import timezone
 from fleet.hub.models import CommandState, NodeCommand
 from fleet.inventory.models import NodeStatus
 from fleet.rollouts import machine, transitions
-from fleet.rollouts.models import ACTIVE_ROLLOUT_STATES, Rollout, RolloutTarget
+from fleet.rollouts.models import ACTIVE_ROLLOUT_STATES, Rollout
 
 log = logging.getLogger(__name__)
 INTERVAL = 1.0
@@ -40,13 +40,13 @@ def report_for(kind: machine.CommandKind, command: NodeCommand) -> machine.Repor
     return None
 
 
-def reports(row: Rollout, targets: list[RolloutTarget], snapshot: machine.Rollout) -> list[machine.Report]:
+def reports(row: Rollout, targets: list[transitions.TargetRow], snapshot: machine.Rollout) -> list[machine.Report]:
     ids = [t.command_id for t in targets if t.command_id]
     commands = {c.command_id: c for c in NodeCommand.objects.filter(command_id__in=ids).only(
         "command_id", "state", "error", "updated_at")} if ids else {}
     found: list[machine.Report] = []
     for target, current in zip(targets, snapshot.targets, strict=True):
-        online = target.node.status == NodeStatus.ONLINE
+        online = target.node_status == NodeStatus.ONLINE
         if online != target.online:
             found.append(machine.Report(target.node_id, machine.ReportKind.ONLINE if online
                                         else machine.ReportKind.OFFLINE))

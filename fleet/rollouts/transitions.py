@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -39,13 +39,33 @@ def _datetime(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC) if value is not None else None
 
 
-def snapshot(row: Rollout, targets: list[RolloutTarget]) -> machine.Rollout:
+class TargetRow(NamedTuple):
+    """One target as read for a pass: plain values, no model instances (a pass reads every target)."""
+
+    id: int
+    node_id: int
+    node_name: str
+    node_status: str
+    wave: int
+    state: str
+    on: str
+    attempt: int
+    tries: int
+    online: bool
+    offline_until: datetime | None
+    soak_until: datetime | None
+    check_until: datetime | None
+    error: str
+    command_id: str
+
+
+def snapshot(row: Rollout, targets: list[TargetRow]) -> machine.Rollout:
     return machine.Rollout(
         id=row.pk, strategy=Strategy.model_validate(row.strategy), state=machine.RolloutState(row.state),
         deadline_at=_seconds(row.deadline_at), paused_at=_seconds(row.paused_at), paused_total=row.paused_total,
         resume_at=_seconds(row.resume_at), pause_reason=row.pause_reason, reason=row.reason, revert=row.revert,
         targets=tuple(machine.Target(
-            node=t.node_id, name=t.node.name, wave=t.wave, state=machine.TargetState(t.state),
+            node=t.node_id, name=t.node_name, wave=t.wave, state=machine.TargetState(t.state),
             on=machine.Side(t.on), attempt=t.attempt, tries=t.tries, online=t.online,
             offline_until=_seconds(t.offline_until), soak_until=_seconds(t.soak_until),
             check_until=_seconds(t.check_until), error=t.error,
@@ -53,14 +73,16 @@ def snapshot(row: Rollout, targets: list[RolloutTarget]) -> machine.Rollout:
     )
 
 
-def load(rollout_id: int) -> tuple[Rollout, list[RolloutTarget]]:
+def load(rollout_id: int) -> tuple[Rollout, list[TargetRow]]:
     row = Rollout.objects.select_related("deployment__model", "from_version__model", "to_version__model").get(
         pk=rollout_id)
-    targets = list(row.targets.select_related("node").order_by("position", "id"))
+    targets = [TargetRow(*values) for values in RolloutTarget.objects.filter(rollout_id=rollout_id)
+               .order_by("position", "id").values_list(*TargetRow._fields[:2], "node__name", "node__status",
+                                                         *TargetRow._fields[4:])]
     return row, targets
 
 
-Inputs = list[machine.Event] | Callable[[Rollout, list[RolloutTarget], machine.Rollout], list[machine.Event]]
+Inputs = list[machine.Event] | Callable[[Rollout, list[TargetRow], machine.Rollout], list[machine.Event]]
 
 
 def apply(rollout_id: int, events: Inputs, actor: Any = "engine", now: datetime | None = None) -> machine.Result:
@@ -84,7 +106,7 @@ def apply(rollout_id: int, events: Inputs, actor: Any = "engine", now: datetime 
     raise Conflict(f"rollout {rollout_id} kept changing under {CAS_TRIES} attempts; try again")
 
 
-def _store(row: Rollout, targets: list[RolloutTarget], before: machine.Rollout, after: machine.Rollout,
+def _store(row: Rollout, targets: list[TargetRow], before: machine.Rollout, after: machine.Rollout,
            moves: list[machine.Transition], commands: list[machine.Command], actor: Any, now: datetime) -> bool:
     changes: dict[str, Any] = {"revision": row.revision + 1, "updated_at": now}
     for name in ("state", "paused_total", "pause_reason", "reason", "revert", *_TIMES):
@@ -97,16 +119,16 @@ def _store(row: Rollout, targets: list[RolloutTarget], before: machine.Rollout, 
         changes["finished_at"] = now
     if not Rollout.objects.filter(pk=row.pk, revision=row.revision).update(**changes):
         return False
-    by_node = {t.node_id: t for t in targets}
+    by_node = {t.node_id: t.id for t in targets}
     _update_targets(row.pk, [new for old, new in zip(before.targets, after.targets, strict=True) if old != new],
                     after.id, now)
     actor_name = actor.get_username() if hasattr(actor, "get_username") else str(actor)
     RolloutEvent.objects.bulk_create([
-        RolloutEvent(rollout_id=row.pk, target=by_node.get(move.node), from_state=str(move.from_state),
+        RolloutEvent(rollout_id=row.pk, target_id=by_node.get(move.node), from_state=str(move.from_state),
                      to_state=str(move.to_state), why=move.why[:500], actor_name=actor_name[:150])
         for move in moves
     ])
-    _dispatch(row, by_node, commands)
+    _dispatch(row, commands)
     if after.state in machine.TERMINAL and before.state not in machine.TERMINAL:
         _finished(row, after)
     return True
@@ -137,7 +159,7 @@ def _update_targets(rollout_id: int, changed: list[machine.Target], snapshot_id:
         cursor.executemany(f"UPDATE {table} SET {columns} WHERE rollout_id = %s AND node_id = %s", rows)
 
 
-def _dispatch(row: Rollout, by_node: dict[int, RolloutTarget], commands: list[machine.Command]) -> None:
+def _dispatch(row: Rollout, commands: list[machine.Command]) -> None:
     """Machine commands as hub NodeCommands: stage = deploy, activate = activate the new version, a local
     rollback or a revert = activate the old version again."""
     items = []
