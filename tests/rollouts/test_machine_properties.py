@@ -94,7 +94,7 @@ def finish(sim: Sim, limit: int = 3000) -> None:
     raise AssertionError(f"the rollout never finished: {sim.rollout}")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(strategies, st.lists(actions, max_size=80))
 def test_invariants_hold_under_any_sequence(params: dict, sequence: list) -> None:
     params = dict(params)
@@ -107,7 +107,7 @@ def test_invariants_hold_under_any_sequence(params: dict, sequence: list) -> Non
         assert sim.rollout.reason
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(1, 7), st.lists(st.tuples(st.integers(1, 7), st.sampled_from(["ok", "fail"])), max_size=40))
 def test_a_restart_after_any_input_changes_nothing_but_resends(count: int, deliveries: list) -> None:
     """Rebuilding from the snapshot and restarting yields the same rollout; its commands are resends of
