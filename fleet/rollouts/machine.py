@@ -352,10 +352,23 @@ def _progress(work: _Work) -> None:
             work.update(index, "staging while the old version serves", state=T.SCHEDULED)
             work.issue(index, CommandKind.STAGE)
     open_targets = [t for t in work.targets if t.state not in DONE]
-    if not open_targets:
+    if open_targets:
+        _activate(work, min(t.wave for t in open_targets))
+    elif any(t.state in (T.COMMITTED, T.SKIPPED) for t in work.targets):
         work.move(R.SUCCEEDED, "every target is done", deadline_at=None)
         return
-    wave = min(t.wave for t in open_targets)
+    elif not any(t.state == T.DEFERRED for t in work.targets):
+        _abort(work, "no target took the new version", revert=work.strategy.auto_rollback)
+        return
+    # (every remaining target offline: wait for one to return; the progress deadline pauses meanwhile)
+    deadline = work.get("deadline_at")
+    if deadline is not None and work.now >= deadline:
+        why = f"no progress for {work.strategy.progress_deadline_seconds:g}s"
+        work.move(R.PAUSED, why, paused_at=work.now, pause_reason=why, resume_at=None)
+
+
+def _activate(work: _Work, wave: int) -> None:
+    """Activate the current wave's staged targets while slots are free; verifying when all soak or check."""
     slots = max_unavailable(work.strategy, len(work.targets)) - work.unavailable()
     for index, target in enumerate(work.targets):
         if slots <= 0:
@@ -368,10 +381,6 @@ def _progress(work: _Work) -> None:
     wanted = R.VERIFYING if all(t.state == T.VERIFYING for t in in_wave) else R.PROGRESSING
     if wanted != work.state:
         work.move(wanted, f"wave {wave} {'soaking and checking' if wanted == R.VERIFYING else 'in progress'}")
-    deadline = work.get("deadline_at")
-    if deadline is not None and work.now >= deadline:
-        why = f"no progress for {work.strategy.progress_deadline_seconds:g}s"
-        work.move(R.PAUSED, why, paused_at=work.now, pause_reason=why, resume_at=None)
 
 
 def _settle(work: _Work) -> None:

@@ -344,3 +344,18 @@ def test_without_a_health_check_the_soak_alone_commits() -> None:
     result = sim.tick(2)
     assert sim.rollout.target(1).state == T.COMMITTED and kinds(result) == [(2, "activate")]
     assert any(t.why == "soaked 10s (no health check configured)" for t in result.transitions)
+
+
+def test_a_rollout_where_no_target_switched_does_not_claim_success() -> None:
+    sim = Sim(make_rollout(2, offline_grace_seconds=10, progress_deadline_seconds=100))
+    sim.tick(0)
+    sim.set_online(1, False)
+    sim.set_online(2, False)
+    sim.tick(11)
+    assert set(states(sim).values()) == {"deferred"} and sim.rollout.state == R.PROGRESSING
+    sim.tick(100)
+    assert sim.rollout.state == R.PAUSED and sim.rollout.pause_reason == "no progress for 100s"
+    lonely = Sim(make_rollout(1, canary_failure_budget=1))
+    lonely.tick(0)
+    lonely.deliver(1, "fail")
+    assert lonely.rollout.state == R.ABORTED and lonely.rollout.reason == "no target took the new version"
