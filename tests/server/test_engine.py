@@ -173,3 +173,30 @@ def test_two_engines_on_postgresql_never_both_do_leader_work(services) -> None:
     for start, end in zip(bounds, bounds[1:], strict=False):
         assert switches([name for at, name in ordered if start <= at < end]) <= 1, (start, end)
     assert switches([name for _, name in ordered]) == len(kills)  # each time the other engine took over
+
+
+@pytest.mark.services
+def test_leadership_outlives_djangos_connection(services, django_db_blocker) -> None:
+    """The regression: the lock sat on Django's connection, which close_old_connections() drops after
+    CONN_MAX_AGE. Now it is taken with Django's connection parameters on a connection of its own."""
+    import dj_database_url
+    from django.db.utils import ConnectionHandler
+
+    handler = ConnectionHandler({"default": dj_database_url.parse(services["postgres"], conn_max_age=0)})
+    django_connection = handler["default"]
+    key = random.randrange(1, 2**62)
+    mine = PostgresLeadership(django_connection.get_connection_params(), key=key)
+    rival = PostgresLeadership({"conninfo": services["postgres"]}, key=key)
+    try:
+        with django_db_blocker.unblock():
+            django_connection.ensure_connection()
+            assert mine.acquire() and mine.held()
+            django_connection.close()  # what close_old_connections() does once CONN_MAX_AGE has passed
+        assert mine.held() and not rival.acquire()
+        mine.release()
+        assert rival.acquire()
+    finally:
+        mine.release()
+        rival.release()
+        with django_db_blocker.unblock():
+            handler.close_all()
