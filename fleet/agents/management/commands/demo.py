@@ -87,6 +87,8 @@ class Command(BaseCommand):
             self.stdout.write(self.style.WARNING(f"SmolLM2 left out: {error}"))
             return None
         v1, v2 = versions["v1"], versions["v2"]
-        self.stdout.write(f"{smollm2.REPO}: rolling v1 → v2 moves {human_size(rollout_bytes(v1, v2))} of "
-                          f"{human_size(v2.total_size)} (the weights are shared)")
+        weights = {version.files.get(path=smollm2.WEIGHTS).lfs_sha256 for version in (v1, v2)}
+        shared = f"v1 and v2 share {smollm2.WEIGHTS} (sha256 {min(weights)[:12]})" if len(weights) == 1 else ""
+        self.stdout.write(f"{smollm2.REPO}: {shared or 'v1 and v2 have different weights'}; rolling v1 → v2 moves "
+                          f"{human_size(rollout_bytes(v1, v2))} of {human_size(v2.total_size)}")
         return v1
