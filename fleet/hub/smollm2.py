@@ -104,7 +104,8 @@ def convert(gguf: Path, dest: Path) -> Path:
 
 def _cache_gguf_parsing() -> None:
     """transformers parses the GGUF three times (config, tokenizer, weights) and builds gguf's tensor-name
-    map once per tensor: ~3/4 of the conversion's time. Both are pure; keep them for this process."""
+    map once per tensor: half of the conversion's CPU time (52 s → 28 s). Both are pure; keep them for this
+    process."""
     import gguf
 
     gguf.get_tensor_name_map = functools.cache(gguf.get_tensor_name_map)
@@ -116,7 +117,7 @@ def _tidy_tokenizer_config(path: Path, max_length: int) -> None:
     config = _read_json(path)
     for transient in ("is_local", "local_files_only"):
         config.pop(transient, None)
-    # tokenizer.json defines it fully; this class name loads it with transformers 4.x and 5.x alike.
+    # tokenizer.json defines it fully; transformers 5 writes TokenizersBackend, a name 4.x does not know.
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config["model_max_length"] = max_length
     _write_json(path, config)
