@@ -14,6 +14,8 @@ from fleet.lib.env import ConfigError, env_bool, env_float, env_int, env_list, e
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("FLEET_VAR_DIR", str(BASE_DIR / "var")))
+# The demo's converted models (SmolLM2 from its GGUF), kept across restarts; tests share one conversion.
+FLEET_DEMO_MODELS = Path(env_str("FLEET_DEMO_MODELS", str(VAR_DIR / "demo" / "models")))
 
 
 def _secret_key() -> str:

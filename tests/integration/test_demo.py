@@ -35,11 +35,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def demo(tmp_path):
+def demo(tmp_path, demo_models):
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))},
         "FLEET_VAR_DIR": str(tmp_path / "var"),
+        "FLEET_DEMO_MODELS": str(demo_models),  # SmolLM2 converted once per test run
         "FLEET_ADMIN_PASSWORD": PASSWORD,
         "FLEET_OFFLINE_AFTER": str(OFFLINE_AFTER),
         "PYTHONUNBUFFERED": "1",
@@ -64,6 +65,11 @@ def test_demo_fleet_live_in_the_browser(demo):
     output = demo["log"].read_text()
     pids = {name: int(pid) for name, pid in re.findall(r"agent (\S+)\s+\S+\s+pid (\d+)", output)}
     assert len(pids) == 8 and sum(name.startswith("edge-") for name in pids) == 5, output
+    assert "published HuggingFaceTB/SmolLM2-135M-Instruct v2" in output
+    assert re.search(r"v1 and v2 share model.safetensors \(sha256 [0-9a-f]{12}\); rolling v1 → v2 moves \d+ B of",
+                     output), output
+    assert re.search(r"deploying: HuggingFaceTB/SmolLM2-135M-Instruct@\w+ on the GPU servers, "
+                     r"fleet-demo/tiny-llama@\w+ on the edge devices \(8 nodes\)", output), output
 
     with playwright.sync_playwright() as p:
         browser = launch(p)
