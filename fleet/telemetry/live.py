@@ -159,6 +159,10 @@ class Hub:
     """All live telemetry of this process. One instance per process (``hub``)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the state of a process that has heard from no agent yet."""
         self.nodes: dict[int, NodeLive] = {}
         self.dirty: set[int] = set()
         self.seen: set[int] = set()  # nodes heard from since last_seen was last written (one UPDATE for all)

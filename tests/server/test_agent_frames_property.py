@@ -166,8 +166,8 @@ def feed_healthy(node_id: int) -> None:
 @pytest.fixture
 def nodes(make_node):
     pair = make_node("hostile"), make_node("healthy")
-    hub.__init__()
+    hub.reset()
     feed_healthy(pair[1][0].pk)
     yield pair
-    hub.__init__()
+    hub.reset()
 

@@ -9,10 +9,10 @@ from fleet.telemetry.live import hub
 @pytest.fixture(autouse=True)
 def fresh_hub():
     """The hub is per process: every test starts from an empty one (and no load shedding)."""
-    hub.__init__()
+    hub.reset()
     flusher.shedder = None
     yield hub
-    hub.__init__()
+    hub.reset()
     flusher.shedder = None
 
 

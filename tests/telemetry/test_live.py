@@ -91,3 +91,13 @@ def test_catch_up_batch_lands_in_order_on_the_server_clock():
     assert times == sorted(times) and len(times) == 31
     assert times[1] == pytest.approx(now - 30)
     assert hub.counters["points"] == 30
+
+
+def test_reset_forgets_everything():
+    hub = Hub()
+    hub.temp_threshold = 10.0
+    hub.ingest(1, frame(T0, gpu(0, temperature_c=90.0)), size=100, now=T0)
+    hub.connections = 2
+    assert hub.nodes and hub.alerts and hub.seq and hub.counters["frames"]
+    hub.reset()
+    assert vars(hub) == vars(Hub())
