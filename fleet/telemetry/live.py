@@ -155,8 +155,8 @@ def points_json(points) -> str:
     return json.dumps(list(points), separators=(",", ":"))
 
 
-class Hub:
-    """All live telemetry of this process. One instance per process (``hub``)."""
+class LiveTelemetry:
+    """All live telemetry of this process. One instance per process (``live_telemetry``)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -328,4 +328,4 @@ class Hub:
                 self._finish(live, acc)
 
 
-hub = Hub()
+live_telemetry = LiveTelemetry()

@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 
 from fleet.agent.protocol import Metrics
 from fleet.telemetry.browser import BUCKET, MIN_GAP, RATE, TICK, Pacer, TelemetryStream
-from fleet.telemetry.live import hub
+from fleet.telemetry.live import live_telemetry
 from tests.server.test_live_socket import live
 from tests.telemetry.conftest import gpu, metrics_frame
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def feed(node_id: int, util: float, now: float | None = None) -> None:
     frame = Metrics.model_validate(metrics_frame(time.time(), [gpu(0, utilization_gpu=util), gpu(1)]))
-    hub.ingest(node_id, frame, now=now)
+    live_telemetry.ingest(node_id, frame, now=now)
 
 
 async def subscribe(comm, *topics: str, action: str = "subscribe") -> dict:
