@@ -181,7 +181,7 @@ def main() -> None:
             agent = Agent(tmp / f"agent-{n}", {**stack.env, "FLEET_AGENT_DISK_MARGIN": "0"})
             result = agent.cli("enroll", "--server", stack.url(), "--token", token, "--name", f"bench-{n}")
             assert result.returncode == 0, result.stderr
-            agents.append(agent.run("--simulate", "jetson-orin", "--log-level", "warning"))
+            agents.append(agent.run("--simulate", "jetson-orin", "--runtime", "none", "--log-level", "warning"))
         wait_until(lambda: all(stack.node_status(f"bench-{n}") == "online" for n in range(len(agents))), 60,
                    "agents online")
         secret = json.loads((agents[0].home / "credentials.json").read_text())["secret"]

@@ -110,6 +110,9 @@ try:
     FLEET_ENROLLMENT_DEFAULT_TTL = env_float("FLEET_ENROLLMENT_TTL", 3600.0, minimum=60)
     FLEET_PUBLIC_URL = env_str("FLEET_PUBLIC_URL").rstrip("/")
     FLEET_PRESENCE_SWEEP = env_bool("FLEET_PRESENCE_SWEEP", True)
+    # The engine inside the server process (fleet/engine.py): the default with SQLite (one Daphne, the
+    # demo); with PostgreSQL, `manage.py engine` runs it as a process of its own.
+    FLEET_EMBEDDED_ENGINE = env_bool("FLEET_EMBEDDED_ENGINE", DATABASES["default"]["ENGINE"].endswith("sqlite3"))
     # Telemetry (fleet/telemetry): retention of 1-minute rollups, /metrics scrapers, alert threshold,
     # and the per-agent caps that keep one agent from growing Daphne's unbounded read queue.
     try:

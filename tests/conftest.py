@@ -44,6 +44,13 @@ def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _no_embedded_engine(settings) -> None:
+    # In-process ASGI tests must not start the engine inside pytest's event loop; the integration
+    # tests' Daphne processes run it as in production (fleet/engine.py).
+    settings.FLEET_EMBEDDED_ENGINE = False
+
+
 @pytest.fixture
 def user_password() -> str:
     return PASSWORD

@@ -18,6 +18,8 @@ from fleet.agent.collectors.simulated import PROFILES
 from fleet.agent.connection import EXIT_REFUSED, run_agent
 from fleet.agent.enroll import EnrollError, enroll, rotate, validate_server_url
 from fleet.agent.modelstore import DeployConfig, ModelStore
+from fleet.agent.runtimes import CHOICES, choose_adapter, default_runtime
+from fleet.agent.runtimes.process import RuntimeSettings
 from fleet.agent.state import (
     Credentials,
     StateError,
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"fake GPUs instead of NVML: {', '.join(PROFILES)}")
     p.add_argument("--fault", dest="faults", action="append", type=fault_arg, default=[], metavar="FAULT",
                    help="with --simulate, inject a fault (repeatable): lost:gpu=3@30s, xid:79, ecc, overheat")
+    p.add_argument("--runtime", choices=CHOICES, default=None,
+                   help="what serves the active models: builtin (transformers), vllm, llamacpp or none "
+                        "(default: builtin when torch and transformers are installed, else none)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
     sub.add_parser("status", parents=[common], help="show enrollment and connection state")
@@ -149,6 +154,11 @@ def cmd_status(args: argparse.Namespace, home: Path) -> int:
         print(f"since:      {status.get('since') or '-'}")
     if status:
         print(f"last error: {status.get('last_error') or '-'}")
+    for runtime in status.get("serving") or [] if running else []:
+        port = f" on 127.0.0.1:{runtime['port']}" if runtime.get("port") else ""
+        reason = f" ({runtime['reason']})" if runtime.get("reason") else ""
+        name = f"{runtime['repo']}@{runtime['sha'][:12]}"
+        print(f"runtime:    {runtime['runtime']} {name} {runtime['state']}{port}{reason}")
     models = ModelStore(home)
     active = dict(models.active())
     for repo, sha in sorted(models.installed()):
@@ -162,6 +172,8 @@ ROTATION_WAIT_STEPS, ROTATION_WAIT_STEP = 20, 0.25
 def cmd_run(args: argparse.Namespace, home: Path) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # one line per HTTP request: every runtime readiness probe, every download
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         creds = load_credentials(home)
     except StateError as exc:
@@ -169,6 +181,13 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
         return 1
     try:
         DeployConfig.from_env()  # FLEET_AGENT_KEEP_VERSIONS, FLEET_AGENT_DISK_MARGIN
+    except ValueError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    args.runtime = args.runtime or default_runtime()
+    try:
+        choose_adapter(args.runtime)
+        RuntimeSettings.from_env()  # FLEET_RUNTIME_READY_TIMEOUT, ...
     except ValueError as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -197,7 +216,7 @@ async def _run(creds: Credentials, collector: Collector, args: argparse.Namespac
     while True:
         log.info("fleet-agent %s connecting to %s as node %s", AGENT_VERSION, creds.server, creds.node_name)
         code = await run_agent(creds, collector, labels=dict(args.labels), kind=args.kind, home=home,
-                               stop_event=stop)
+                               stop_event=stop, runtime=args.runtime)
         if code != EXIT_REFUSED or stop.is_set():
             return code
         fresh = await _rotated_credentials(home, creds, stop)

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from fleet.agent import AGENT_VERSION
 from fleet.agent.buffer import BATCH_BYTES, MetricsBuffer
+from fleet.agent.chat import ChatRelay
 from fleet.agent.collectors import Collector
 from fleet.agent.deployer import Deployer
 from fleet.agent.hostfacts import collect_host_facts
@@ -32,7 +33,6 @@ from fleet.agent.protocol import (
     Activate,
     Chat,
     ChatCancel,
-    ChatError,
     CommandEvent,
     Control,
     Deploy,
@@ -53,6 +53,8 @@ from fleet.agent.protocol import (
     dump,
     parse_server_frame,
 )
+from fleet.agent.runtimes import NONE, available_runtimes, choose_adapter
+from fleet.agent.runtimes.supervisor import Supervisor
 from fleet.agent.state import Credentials, agent_home, now_iso, write_status
 
 log = logging.getLogger("fleet.agent")
@@ -148,6 +150,7 @@ class AgentSession:
         home: str | os.PathLike[str] | None,
         stop_event: asyncio.Event,
         reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
+        runtime: str = NONE,
     ) -> None:
         self.creds = creds
         self.stop_event = stop_event
@@ -174,6 +177,11 @@ class AgentSession:
         self.metrics_interval = DEFAULT_METRICS_INTERVAL
         self.batch_seq = 0
         self.awaiting_ack: tuple[MetricsBatch, asyncio.Future] | None = None  # the catch-up batch in flight
+        # Runtimes: one per active version, (re)started when the deployer activates one; chats relayed to them.
+        self.runtimes = Supervisor(choose_adapter(runtime), self.deployer.active_snapshots)
+        self.deployer.on_activated = lambda repo: self.runtimes.sync(retry=repo)
+        self.chat = ChatRelay(self.runtimes)
+        self.runtimes.listeners.append(self.runtimes_changed)
 
     # ---- status.json ------------------------------------------------------------------------------
 
@@ -185,6 +193,11 @@ class AgentSession:
             write_status(self.home, **self.status)
         except OSError as exc:
             log.warning("cannot write status.json: %s", exc)
+
+    def runtimes_changed(self, state_changed: bool) -> None:
+        """status.json lists the runtimes (and their ports) too, for `fleet-agent status` and local tools."""
+        if state_changed:
+            self.set_status(serving=[s.model_dump(exclude={"log_tail"}) for s in self.runtimes.statuses()])
 
     # ---- frames we send ---------------------------------------------------------------------------
 
@@ -207,6 +220,8 @@ class AgentSession:
             host=self.host_facts(),
             gpus=gpus,
             gpu_note=note[:512] if note else None,
+            runtimes=sorted(available_runtimes(), key=lambda name: name != self.runtimes.runtime),
+            serving=self.runtimes.statuses(),
             installed=self.deployer.installed(),
             active=self.deployer.active(),
             in_flight=self.deployer.in_flight(),
@@ -336,14 +351,12 @@ class AgentSession:
             self._settle_batch(frame)
         elif isinstance(frame, MODEL_COMMANDS):
             await self.deployer.handle(frame)
+        elif isinstance(frame, (Chat, ChatCancel, HealthCheck)):
+            await self.chat.handle(frame)
         elif isinstance(frame, COMMAND_FRAMES):
             log.warning("%s command %s is not supported by this agent version", frame.type, frame.command_id)
             event = CommandEvent(type="event", command_id=frame.command_id, state="failed", error=UNSUPPORTED)
             await ws.send(dump(event))
-        elif isinstance(frame, Chat):
-            await ws.send(dump(ChatError(type="chat.error", request_id=frame.request_id, error=UNSUPPORTED)))
-        elif isinstance(frame, ChatCancel):
-            log.debug("chat.cancel for %s: nothing is running", frame.request_id)
 
     async def close_on_stop(self, ws: ClientConnection) -> None:
         await self.stop_event.wait()
@@ -359,6 +372,7 @@ class AgentSession:
         self.serving = True
         try:
             await ws.send(dump(await self.hello()))
+            self.chat.attach(lambda frame: ws.send(dump(frame)))
             while True:
                 message = await ws.recv()
                 try:
@@ -372,6 +386,7 @@ class AgentSession:
         finally:
             self.serving = False
             self.deployer.detach()
+            self.chat.detach()
             for task in tasks.values():
                 task.cancel()
             for task in tasks.values():
@@ -457,16 +472,19 @@ async def run_agent(
     home: str | os.PathLike[str] | None = None,
     stop_event: asyncio.Event | None = None,
     reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
+    runtime: str = NONE,
 ) -> int:
     """Stay connected to the server until ``stop_event`` is set or the server says stop.
 
     Returns 0 after a stop, 3 when the credential is refused (4401 or HTTP 401/403), 4 when another
-    agent took over this node (4409), 1 for a fatal connection error.
+    agent took over this node (4409), 1 for a fatal connection error. ``runtime`` names the adapter that
+    serves the active model versions (``none``: no runtime); the runtimes stop with the agent.
     """
     stop_event = stop_event or asyncio.Event()
     session = AgentSession(creds, collector, labels=labels, kind=kind, home=home, stop_event=stop_event,
-                           reconnect_delays=reconnect_delays)
+                           reconnect_delays=reconnect_delays, runtime=runtime)
     session.set_status(connected=False)
+    session.runtimes.start()
     runner = asyncio.create_task(session.connect_loop())
     stopper = asyncio.create_task(stop_event.wait())
     buffering = asyncio.create_task(session.buffer_while_down())
@@ -483,6 +501,8 @@ async def run_agent(
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+        await session.chat.close()
+        await session.runtimes.close()
     code = EXIT_OK if runner.cancelled() else runner.result()
     if code == EXIT_OK:
         log.info("stopped")

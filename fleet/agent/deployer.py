@@ -94,6 +94,7 @@ class Deployer:
         self.tasks: dict[str, asyncio.Task] = {}
         self.progress: dict[str, tuple[int, int]] = {}
         self.lock = asyncio.Lock()  # activation, removal and state changes happen one at a time
+        self.on_activated: Callable[[str], None] | None = None  # the runtime supervisor: repo's version changed
 
     # ---- what hello reports ----------------------------------------------------------------------
 
@@ -102,6 +103,10 @@ class Deployer:
 
     def active(self) -> list[ModelRef]:
         return [ModelRef(repo=repo, sha=sha) for repo, sha in self.store.active()][:16]
+
+    def active_snapshots(self) -> list[tuple[str, str, Path]]:
+        """(repo, sha, snapshot folder) of every active version: what the runtimes serve."""
+        return [(repo, sha, self.store.snapshot(repo, sha)) for repo, sha in self.store.active()]
 
     def in_flight(self) -> list[str]:
         commands = self.store.state["commands"]
@@ -289,6 +294,8 @@ class Deployer:
             removed = self.store.prune(repo, self.config.keep)
         log.info("activated %s@%s%s", repo, sha[:12], f"; removed old {', '.join(s[:12] for s in removed)}"
                  if removed else "")
+        if self.on_activated is not None:
+            self.on_activated(repo)
         size = int(self.store.state["versions"].get(f"{repo}@{sha}", {}).get("size") or 0)
         await self.emit(command_id, "active", done=size, total=size)
 

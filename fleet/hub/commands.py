@@ -216,3 +216,32 @@ def mirror_url(scope: dict) -> str:
         host = f"{server[0]}:{server[1]}"
     scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
     return f"{scheme}://{host}/hf"
+
+
+
+def ensure(actor: Any, items: list[tuple[Node | int, str, ModelVersion, str]], *, activate: bool = False
+           ) -> list[str]:
+    """Queue commands under stable ids chosen by the caller (rollouts, deployments), each ``(node, kind,
+    version, command_id)``: an id that exists already is left alone, so a resent command is never done
+    twice. Returns the ids it created; ``activate`` makes deploy commands activate once staged. The caller
+    orders the steps (stage before activate), so the checks of `create` that guard a person's clicks do not
+    apply. Two queries for any number of commands; call it inside the caller's transaction (agents are
+    told after commit)."""
+    if any(kind not in (CommandKind.DEPLOY, CommandKind.ACTIVATE) for _, kind, _, _ in items):
+        raise CommandError("kind", "rollouts queue deploy and activate commands only")
+    existing = set(NodeCommand.objects.filter(command_id__in=[item[3] for item in items])
+                   .values_list("command_id", flat=True))
+    user = actor if getattr(actor, "pk", None) else None
+    new, seen = [], set(existing)
+    for node, kind, version, command_id in items:
+        if command_id in seen:
+            continue
+        seen.add(command_id)
+        new.append(NodeCommand(
+            command_id=command_id, node_id=getattr(node, "pk", node), kind=kind, version=version,
+            repo=version.model.repo_id, sha=version.sha, created_by=user, activate=activate and kind == "deploy",
+            bytes_total=version.total_size if kind == CommandKind.DEPLOY else 0))
+    NodeCommand.objects.bulk_create(new)
+    for command in new:  # logged by the caller (RolloutEvent rows); the operator's act is in the audit log
+        events.publish(events.node_group(command.node_id), {"type": "agent.command", "command_id": command.command_id})
+    return [command.command_id for command in new]

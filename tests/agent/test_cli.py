@@ -166,10 +166,15 @@ def test_status_enrolled_agent_not_running(home, capsys):
 
 def test_status_running_agent(home, capsys):
     save_credentials(Credentials("http://fleet:8000", 5, "edge-5", "TOPSECRET"), home)
-    write_status(home, connected=True, since="2025-01-01T00:00:00+00:00", last_error=None)  # our own pid
+    serving = [{"runtime": "builtin", "repo": "acme/tiny", "sha": "a" * 40, "state": "ready", "port": 8123},
+               {"runtime": "builtin", "repo": "acme/bad", "sha": "b" * 40, "state": "failed", "reason": "exited"}]
+    write_status(home, connected=True, since="2025-01-01T00:00:00+00:00", last_error=None,  # our own pid
+                 serving=serving)
     assert main(["--home", str(home), "status"]) == 0
     out = capsys.readouterr().out
     assert "connected:  yes" in out and "2025-01-01T00:00:00+00:00" in out
+    assert "runtime:    builtin acme/tiny@aaaaaaaaaaaa ready on 127.0.0.1:8123\n" in out
+    assert "runtime:    builtin acme/bad@bbbbbbbbbbbb failed (exited)\n" in out
 
 
 def test_home_flag_overrides_env(tmp_path, capsys, monkeypatch):

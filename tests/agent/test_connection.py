@@ -95,8 +95,8 @@ async def test_session_hello_welcome_ping_pong_metrics_and_clean_stop(tmp_path):
         seen["hello"] = parse_agent_frame(await ws.recv())
         await ws.send(welcome())
         await ws.send(dump(Ping(type="ping", nonce="nonce-123")))
-        # health checks come with the runtimes issue: still answered "not supported" (deploys: test_deployer.py)
-        await ws.send(dump(HealthCheck(type="healthcheck", command_id="cmd-1", repo="acme/tiny", sha="0" * 40,
+        # this agent runs no runtime (--runtime none): health checks and chats fail with the reason
+        await ws.send(dump(HealthCheck(type="healthcheck", command_id="cmd-1", repo="acme/tiny", sha=SHA,
                                        prompt="hi")))
         await ws.send(dump(Chat(type="chat", request_id="req-1",
                                 messages=[ChatMessage(role="user", content="hi")])))
@@ -133,8 +133,9 @@ async def test_session_hello_welcome_ping_pong_metrics_and_clean_stop(tmp_path):
     assert len(hello.gpus) == 8 and hello.gpu_note is None
     assert seen["pong"].nonce == "nonce-123"
     assert seen["event"].command_id == "cmd-1" and seen["event"].state == "failed"
-    assert "not supported" in seen["event"].error
-    assert seen["chat.error"].request_id == "req-1"
+    assert "--runtime none" in seen["event"].error
+    assert seen["chat.error"].request_id == "req-1" and "--runtime none" in seen["chat.error"].error
+    assert hello.serving == [] and "builtin" in hello.runtimes  # torch and transformers are installed here
     sample = seen["metrics"][0]
     assert len(sample.gpus) == 8 and sample.host is not None and sample.host.memory_total_bytes > 0
     assert seen["close_code"] == 1000

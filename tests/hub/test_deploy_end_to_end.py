@@ -74,7 +74,7 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
     token = stack.manage("createenrollmenttoken", "--expires", "10m", "--uses", "3")
     a = enroll(stack, tmp_path, "node-a", token)
     b = enroll(stack, tmp_path, "node-b", token)
-    agents = [a.run("--simulate", "jetson-orin"), b.run("--simulate", "jetson-orin")]
+    agents = [node.run("--simulate", "jetson-orin", "--runtime", "none") for node in (a, b)]
     try:
         wait_until(lambda: stack.node_status("node-a") == stack.node_status("node-b") == "online", 20, "agents")
         # 1. two nodes deploy the same unsynced version at once: one upstream fetch per blob
@@ -105,7 +105,7 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
         wait_until(lambda: any(p.name.endswith(".fleet-partial") and p.stat().st_size > 0 for p in blobs.iterdir()),
                    30, "node-b to start downloading v2")
         b.kill()
-        b.run("--simulate", "jetson-orin")
+        b.run("--simulate", "jetson-orin", "--runtime", "none")
         assert wait_state(stack, cmd, {"staged"}, agents) == "staged"
         assert snapshot_files(b.home, "acme/tiny", sha_v2) == {k: v for k, v in files_v2.items() if k in SERVED}
         resumed = [int(m) for m in re.findall(r"range=(\d+)-\d+ sent=", stack.logs())]
@@ -132,7 +132,7 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
         # 4. a full disk is refused before any download, with a clear message
         b.kill()
         b.env["FLEET_AGENT_DISK_MARGIN"] = "1P"
-        b.run("--simulate", "jetson-orin")
+        b.run("--simulate", "jetson-orin", "--runtime", "none")
         before = sum(upstream.fetches.values())
         cmd = stack.manage("deploymodel", "deploy", "--node", "node-b", "--repo", "acme/tiny", "--revision", "v3")
         assert wait_state(stack, cmd, {"staged"}, agents) == "failed"

@@ -50,7 +50,7 @@ def test_two_server_processes_fetch_each_blob_once(production, tmp_path) -> None
     creds = json.loads((b.home / "credentials.json").read_text())
     creds["server"] = stack.url(1)  # node-b talks to the second server process
     (b.home / "credentials.json").write_text(json.dumps(creds))
-    agents = [a.run("--simulate", "jetson-orin"), b.run("--simulate", "jetson-orin")]
+    agents = [node.run("--simulate", "jetson-orin", "--runtime", "none") for node in (a, b)]
     try:
         wait_until(lambda: stack.node_status("node-a") == stack.node_status("node-b") == "online", 20, "online")
         cmd_a = stack.manage("deploymodel", "deploy", "--node", "node-a", "--repo", "acme/tiny", "--revision", "main")
