@@ -228,7 +228,7 @@ def ensure(actor: Any, items: list[tuple[Node | int, str, ModelVersion, str]], *
     apply. Two queries for any number of commands; call it inside the caller's transaction (agents are
     told after commit)."""
     if any(kind not in (CommandKind.DEPLOY, CommandKind.ACTIVATE) for _, kind, _, _ in items):
-        raise CommandError("kind", "rollouts queue deploy and activate commands only")
+        raise FieldError("kind", "rollouts queue deploy and activate commands only")
     existing = set(NodeCommand.objects.filter(command_id__in=[item[3] for item in items])
                    .values_list("command_id", flat=True))
     user = actor if getattr(actor, "pk", None) else None
