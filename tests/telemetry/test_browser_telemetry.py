@@ -33,7 +33,7 @@ def stack(tmp_path):
 def advanced(page, chart: str, since: str, timeout: int = 30000) -> str:
     """Wait until the chart's newest point is newer than ``since``; its new newest point."""
     page.wait_for_function(
-        f"Number(document.querySelector(\"{chart}\").getAttribute('data-last-ts')) > {since}", timeout=timeout)
+        f"() => Number(document.querySelector(\"{chart}\").getAttribute('data-last-ts')) > {since}", timeout=timeout)
     return page.get_attribute(chart, "data-last-ts")
 
 
@@ -76,8 +76,9 @@ def test_live_chart_keeps_moving_and_stops_when_hidden(stack: Stack, tmp_path) -
                 page.wait_for_selector("#live-indicator[data-state=live]", timeout=30000)
 
                 # Overview: one heatmap cell per GPU, coloured by utilization.
-                page.wait_for_function("document.querySelectorAll('[data-heat-node] .heat-cell:not([data-stale])')"
-                                       ".length === 8", timeout=30000)
+                page.wait_for_function(
+                    "() => document.querySelectorAll('[data-heat-node] .heat-cell:not([data-stale])').length === 8",
+                    timeout=30000)
                 assert page.get_attribute("[data-heat-node] .heat-cell[data-gpu='0']", "title").startswith(
                     "chart-node · GPU 0")
 
@@ -110,7 +111,7 @@ def test_live_chart_keeps_moving_and_stops_when_hidden(stack: Stack, tmp_path) -
                             if f.get("kind") == "telemetry" and str(node_id) in f.get("nodes", {})]
                 newest = max((points[-1][0] for points in streamed if points), default=0)
                 page.wait_for_function(  # the page has drawn what came before the confirmation
-                    f"Number(document.querySelector(\"{chart}\").getAttribute('data-last-ts')) >= {newest}",
+                    f"() => Number(document.querySelector(\"{chart}\").getAttribute('data-last-ts')) >= {newest}",
                     timeout=30000)
                 hidden_at = page.get_attribute(chart, "data-last-ts")
                 live_url = f"{base}/nodes/{node_id}/telemetry/live/"
