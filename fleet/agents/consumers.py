@@ -119,7 +119,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
         await self.channel_layer.group_add(self.group, self.channel_name)
         _local[self.node_id] = self.channel_name
-        presence.ensure_sweeper()
         _ensure_command_poll()
 
     async def disconnect(self, code: int) -> None:

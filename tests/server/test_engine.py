@@ -96,7 +96,7 @@ def test_file_leadership_is_exclusive_and_released_on_close(tmp_path) -> None:
 
 def test_the_engine_tasks_are_registered() -> None:
     names = [name for name, _, _ in engine_module.tasks()]
-    assert names == ["telemetry-retention", "hub-sync", "rollouts", "deployments"]
+    assert names == ["telemetry-retention", "lost-gpu-retention", "hub-sync", "rollouts", "deployments"]
     assert {name for name, _, _ in engine_module.process_tasks()} == {"fleet-summary", "offline-sweep"}
     assert [name for name, _, _ in engine_module.process_tasks(sweep=False)] == ["fleet-summary"]
 
