@@ -257,7 +257,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._send(protocol.Ack(type="ack", seq=frame.seq))  # the agent forgets these points now
         if reply is not None:
             await self._send(reply)
-        # last_seen: written for all agents at once by the telemetry flusher (hub.seen), not per agent.
+        # last_seen: written for all agents at once by the telemetry flusher (live_telemetry.seen), not per agent.
 
     async def _touch(self) -> None:
         now = time.monotonic()

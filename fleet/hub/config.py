@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from fleet.lib.env import ConfigError, env_bool, env_float, env_int, env_str
+from fleet.lib.units import parse_size
 
 DEFAULT_UPSTREAM = "https://huggingface.co"
 
@@ -18,14 +18,6 @@ def _url(name: str, value: str) -> str:
     if parsed.scheme not in {"http", "https"} or not parsed.netloc:
         raise ConfigError(f"{name}={value!r} must be an http:// or https:// URL such as https://huggingface.co")
     return value
-
-
-def parse_size(text: str) -> int:
-    """'1048576' / '512M' / '2G' / '1.5T' → bytes (1024-based). Raises ValueError."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text or "", re.IGNORECASE)
-    if not match:
-        raise ValueError(f"{text!r} is not a size; use bytes or a number with K, M, G or T, such as 2G")
-    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
 
 
 def _size(name: str, default: int) -> int:

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import models
 
 from fleet.inventory.models import Node
+from fleet.lib.units import percent
 
 
 class SourceKind(models.TextChoices):
@@ -188,9 +189,6 @@ class CommandState(models.TextChoices):
                 "pending": "grey", "sent": "grey"}.get(self.value, "amber")
 
 
-TERMINAL_COMMAND_STATES = {CommandState.ACTIVE, CommandState.REMOVED, CommandState.FAILED}
-
-
 class NodeCommand(models.Model):
     """A command for one node's agent: written first, sent after commit, re-sent until it finishes."""
 
@@ -230,7 +228,7 @@ class NodeCommand(models.Model):
 
     @property
     def percent(self) -> int:
-        return int(100 * self.bytes_done / self.bytes_total) if self.bytes_total else 0
+        return percent(self.bytes_done, self.bytes_total)
 
 
 class InstallState(models.TextChoices):

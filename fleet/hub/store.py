@@ -16,6 +16,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from fleet.lib.units import format_bytes
+
 DIGEST = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -102,15 +104,6 @@ def lfs_pointer_oid(sha256: str, size: int) -> str:
 # ---- disk -----------------------------------------------------------------------------------------
 
 
-def human_size(value: int) -> str:
-    size, unit = float(value), 0
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    while size >= 1024 and unit < len(units) - 1:
-        size /= 1024
-        unit += 1
-    return f"{int(size)} B" if unit == 0 else f"{size:.1f} {units[unit]}"
-
-
 def free_bytes() -> int:
     path = root()
     path.mkdir(parents=True, exist_ok=True)
@@ -123,8 +116,8 @@ def check_free_space(needed: int) -> None:
     margin = settings.FLEET_HUB_DISK_MARGIN
     if needed + margin > free:
         raise StoreError(
-            f"not enough disk space under {root()}: needs {human_size(needed)} plus a "
-            f"{human_size(margin)} margin (FLEET_HUB_DISK_MARGIN), {human_size(free)} free"
+            f"not enough disk space under {root()}: needs {format_bytes(needed)} plus a "
+            f"{format_bytes(margin)} margin (FLEET_HUB_DISK_MARGIN), {format_bytes(free)} free"
         )
 
 

@@ -17,7 +17,9 @@ from fleet.hub import catalog, commands, services, store, upstream
 from fleet.hub.forms import AddModelForm, DeployForm
 from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
 from fleet.inventory.models import Node
+from fleet.lib.errors import FieldError
 from fleet.lib.http import paginate, safe_next
+from fleet.lib.units import format_bytes, percent
 
 VERSIONS_PER_PAGE = 50
 PREVIEW_KEY = "hub_preview"
@@ -40,7 +42,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
     installs = _installs_by_version(rows)
     for version in rows:
         version.bytes_done = progress.get(version.pk, 0)
-        version.percent = int(100 * version.bytes_done / version.total_size) if version.total_size else 100
+        version.percent = percent(version.bytes_done, version.total_size, empty=100)
         version.node_installs = installs.get(version.pk, [])
     return render(request, "hub/model_list.html", {"page": page, "versions": rows,
                                                   "free_bytes": _free_bytes()})
@@ -74,7 +76,7 @@ def model_add(request: HttpRequest) -> HttpResponse:
                                                expect_sha=request.POST.get("expect_sha", ""))
                 request.session.pop(PREVIEW_KEY, None)
                 messages.success(request, f"Added {version.model.repo_id}@{version.sha[:12]} "
-                                          f"({store.human_size(version.total_size)}); "
+                                          f"({format_bytes(version.total_size)}); "
                                           + ("it syncs now." if version.servable else "an admin must approve it."))
                 return redirect("hub-version", pk=version.pk)
             preview = services.preview(data["repo"], data["revision"], token, data["allow_patterns"] or None)
@@ -93,7 +95,7 @@ def model_add(request: HttpRequest) -> HttpResponse:
 def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     version = get_object_or_404(ModelVersion.objects.select_related("model", "created_by", "approved_by"), pk=pk)
     version.bytes_done = catalog.version_progress([version]).get(version.pk, 0)
-    version.percent = int(100 * version.bytes_done / version.total_size) if version.total_size else 100
+    version.percent = percent(version.bytes_done, version.total_size, empty=100)
     files = list(version.files.select_related("blob"))
     installs = list(version.installs.select_related("node").order_by("-state", "node__name"))
     recent = list(NodeCommand.objects.filter(version=version).select_related("node", "created_by")[:50])
@@ -126,7 +128,7 @@ def version_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         except catalog.CatalogError as error:
             messages.error(request, error.message)
             return redirect("hub-version", pk=pk)
-        messages.success(request, f"Deleted {label}; {store.human_size(freed)} of unshared files freed.")
+        messages.success(request, f"Deleted {label}; {format_bytes(freed)} of unshared files freed.")
         return redirect("hub-models")
     messages.error(request, f"unknown action {action!r}")
     return redirect("hub-version", pk=pk)
@@ -145,7 +147,7 @@ def deploy(request: HttpRequest) -> HttpResponse:
     node, version = form.cleaned_data["node"], form.cleaned_data["version"]
     try:
         commands.create(request.user, node, CommandKind.DEPLOY, version, activate=form.cleaned_data["activate"])
-    except commands.CommandError as error:
+    except FieldError as error:
         messages.error(request, f"{error.field}: {error.message}")
     else:
         messages.success(request, f"Deploying {version} to {node.name}"
@@ -168,7 +170,7 @@ def node_command(request: HttpRequest, node_pk: int, kind: str) -> HttpResponse:
         return redirect(safe_next(request, fallback))
     try:
         commands.create(request.user, node, kind, version)
-    except commands.CommandError as error:
+    except FieldError as error:
         messages.error(request, f"{error.field}: {error.message}")
     else:
         messages.success(request, f"{kind.capitalize()} {version} on {node.name}: sent.")

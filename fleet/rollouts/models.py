@@ -12,51 +12,39 @@ from django.db.models import Q
 
 from fleet.hub.models import HubModel, ModelVersion
 from fleet.inventory.models import Node
+from fleet.lib.choices import ColouredChoices
 
 
-class RolloutStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    PROGRESSING = "progressing", "Progressing"
-    VERIFYING = "verifying", "Verifying"
-    PAUSED = "paused", "Paused"
-    SUCCEEDED = "succeeded", "Succeeded"
-    ABORTING = "aborting", "Aborting"
-    ROLLING_BACK = "rolling_back", "Rolling back"
-    ABORTED = "aborted", "Aborted"
-    SUPERSEDED = "superseded", "Superseded"
-
-    @property
-    def colour(self) -> str:
-        return {"pending": "grey", "progressing": "amber", "verifying": "amber", "paused": "purple",
-                "succeeded": "green", "aborting": "red", "rolling_back": "red", "aborted": "red",
-                "superseded": "grey"}[self.value]
+class RolloutStatus(ColouredChoices):
+    PENDING = "pending", "Pending", "grey"
+    PROGRESSING = "progressing", "Progressing", "amber"
+    VERIFYING = "verifying", "Verifying", "amber"
+    PAUSED = "paused", "Paused", "purple"
+    SUCCEEDED = "succeeded", "Succeeded", "green"
+    ABORTING = "aborting", "Aborting", "red"
+    ROLLING_BACK = "rolling_back", "Rolling back", "red"
+    ABORTED = "aborted", "Aborted", "red"
+    SUPERSEDED = "superseded", "Superseded", "grey"
 
 
 ACTIVE_ROLLOUT_STATES = ["pending", "progressing", "verifying", "paused", "aborting", "rolling_back"]
 
 
-class TargetStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    SCHEDULED = "scheduled", "Scheduled"
-    DOWNLOADING = "downloading", "Downloading"
-    STAGED = "staged", "Staged"
-    ACTIVATING = "activating", "Activating"
-    VERIFYING = "verifying", "Verifying"
-    COMMITTED = "committed", "Committed"
-    DEFERRED = "deferred", "Deferred (offline)"
-    ROLLING_BACK_LOCAL = "rolling_back_local", "Rolling back locally"
-    REVERTING = "reverting", "Reverting"
-    SKIPPED = "skipped", "Skipped"
-    FAILED = "failed", "Failed"
-    REVERTED = "reverted", "Reverted"
-    ABORTED = "aborted", "Aborted"
-
-    @property
-    def colour(self) -> str:
-        return {"queued": "grey", "scheduled": "grey", "downloading": "amber", "staged": "purple",
-                "activating": "amber", "verifying": "amber", "committed": "green", "deferred": "grey",
-                "rolling_back_local": "red", "reverting": "red", "skipped": "grey", "failed": "red",
-                "reverted": "purple", "aborted": "grey"}[self.value]
+class TargetStatus(ColouredChoices):
+    QUEUED = "queued", "Queued", "grey"
+    SCHEDULED = "scheduled", "Scheduled", "grey"
+    DOWNLOADING = "downloading", "Downloading", "amber"
+    STAGED = "staged", "Staged", "purple"
+    ACTIVATING = "activating", "Activating", "amber"
+    VERIFYING = "verifying", "Verifying", "amber"
+    COMMITTED = "committed", "Committed", "green"
+    DEFERRED = "deferred", "Deferred (offline)", "grey"
+    ROLLING_BACK_LOCAL = "rolling_back_local", "Rolling back locally", "red"
+    REVERTING = "reverting", "Reverting", "red"
+    SKIPPED = "skipped", "Skipped", "grey"
+    FAILED = "failed", "Failed", "red"
+    REVERTED = "reverted", "Reverted", "purple"
+    ABORTED = "aborted", "Aborted", "grey"
 
 
 class ServedSide(models.TextChoices):

@@ -159,13 +159,14 @@ def test_unapproved_versions_are_not_served(mirror, imported, settings, tmp_path
 
     endpoint, secret, _ = mirror
     version, _ = imported
+    api = HfApi(endpoint=endpoint, token=secret)
+    assert [m.id for m in api.list_models()] == ["acme/tiny"]  # listed while approved
     version.approval = ApprovalState.PENDING
     version.save()
     with pytest.raises(GatedRepoError):
         hf_hub_download("acme/tiny", "config.json", revision=version.sha, endpoint=endpoint, token=secret,
                         cache_dir=tmp_path / "c")
-    assert HfApi(endpoint=endpoint, token=secret).list_models() is not None
-    assert list(HfApi(endpoint=endpoint, token=secret).list_models()) == []
+    assert [m.id for m in api.list_models()] == []
 
 
 def test_transformers_loads_a_tiny_model_through_the_mirror(mirror, tiny_llama, tmp_path) -> None:

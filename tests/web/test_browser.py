@@ -103,7 +103,7 @@ def test_live_status_without_reload(stack: Stack, agent_loop) -> None:
             page.wait_for_function(f"document.querySelector(\"{badge}\").textContent === 'Offline'", timeout=20000)
             assert "badge-red" in page.get_attribute(badge, "class")
             assert page.evaluate("window.__noReload") is True  # updated in place, never reloaded
-            assert page.evaluate("fleetLive.formatBytes(80 * 1024 ** 3)") == "80.0 GiB"
+            assert page.evaluate("fleetFormat.bytes(80 * 1024 ** 3)") == "80.0 GiB"
         finally:
             browser.close()
     assert not errors, errors

@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.hub import commands
 from fleet.hub.models import CommandKind, ModelVersion
 from fleet.inventory.models import Node
+from fleet.lib.cli import field_errors
 
 
 class Command(BaseCommand):
@@ -28,8 +29,6 @@ class Command(BaseCommand):
                        or versions.filter(revision=revision).order_by("-created_at").first())
             if version is None:
                 raise CommandError(f"--revision: {repo}@{revision} is not registered; add it first")
-        try:
+        with field_errors(kind="kind", node="--node", version="--revision"):
             command = commands.create("deploymodel", target, kind, version, activate=activate, repo=repo)
-        except commands.CommandError as error:
-            raise CommandError(f"--{error.field}: {error.message}") from None
         self.stdout.write(command.command_id)

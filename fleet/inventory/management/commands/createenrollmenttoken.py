@@ -2,7 +2,8 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from fleet.inventory.services import InventoryError, create_enrollment_token
+from fleet.inventory.services import create_enrollment_token
+from fleet.lib.cli import field_errors
 from fleet.lib.env import parse_duration
 
 
@@ -19,8 +20,6 @@ class Command(BaseCommand):
             ttl = timedelta(seconds=parse_duration(expires))
         except ValueError as error:
             raise CommandError(f"--expires: {error}") from None
-        try:
+        with field_errors(expires="--expires", uses="--uses", note="--note"):
             _, plaintext = create_enrollment_token("cli", ttl=ttl, uses=uses, note=note)
-        except InventoryError as error:
-            raise CommandError(f"--{error.field}: {error.message}") from None
         self.stdout.write(plaintext)
