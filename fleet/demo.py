@@ -29,6 +29,7 @@ from fleet.hub import commands
 from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
 from fleet.inventory.models import Node, NodeKind
 from fleet.inventory.services import authenticate_node, create_enrollment_token
+from fleet.lib.errors import FieldError
 
 DEFAULT_NODES = "h100x8:3,jetson-orin:5"
 _SPEC = re.compile(r"^([a-z0-9-]+):(\d{1,3})$")
@@ -148,7 +149,7 @@ def deploy_missing(plan: list[tuple[DemoNode, ModelVersion]], stdout) -> int:
             continue
         try:
             commands.create("demo", node, CommandKind.DEPLOY, version, activate=True)
-        except commands.CommandError as error:
+        except FieldError as error:
             stdout.write(f"not deploying {version} to {node.name}: {error.message}")
             continue
         queued += 1

@@ -15,9 +15,9 @@ from fleet.hub import smollm2
 from fleet.hub.catalog import find_version
 from fleet.hub.demo_model import DEMO_REPO, publish_demo_model, publish_smollm2, rollout_bytes
 from fleet.hub.models import ModelVersion
-from fleet.hub.store import human_size
 from fleet.inventory.models import NodeKind
 from fleet.lib.env import ConfigError, env_int
+from fleet.lib.units import format_bytes
 
 
 class Command(BaseCommand):
@@ -90,5 +90,5 @@ class Command(BaseCommand):
         weights = {version.files.get(path=smollm2.WEIGHTS).lfs_sha256 for version in (v1, v2)}
         shared = f"v1 and v2 share {smollm2.WEIGHTS} (sha256 {min(weights)[:12]})" if len(weights) == 1 else ""
         self.stdout.write(f"{smollm2.REPO}: {shared or 'v1 and v2 have different weights'}; rolling v1 → v2 moves "
-                          f"{human_size(rollout_bytes(v1, v2))} of {human_size(v2.total_size)}")
+                          f"{format_bytes(rollout_bytes(v1, v2))} of {format_bytes(v2.total_size)}")
         return v1
