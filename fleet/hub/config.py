@@ -63,6 +63,11 @@ def hub_settings(var_dir: Path) -> dict[str, Any]:
         "FLEET_HUB_RATE_LIMIT": _size("FLEET_HUB_RATE_LIMIT", 0),
         "FLEET_HUB_INLINE_MAX": _size("FLEET_HUB_INLINE_MAX", 1024 * 1024),
         "FLEET_HUB_SYNC_WORKERS": env_int("FLEET_HUB_SYNC_WORKERS", 2, minimum=1, maximum=64),
+        # A transient upstream failure is retried after RETRY_BASE, 2x, 4x ... up to RETRY_MAX seconds;
+        # after MAX_ATTEMPTS failures the file is marked failed until an operator retries it.
+        "FLEET_HUB_SYNC_MAX_ATTEMPTS": env_int("FLEET_HUB_SYNC_MAX_ATTEMPTS", 8, minimum=1, maximum=1000),
+        "FLEET_HUB_RETRY_BASE": env_float("FLEET_HUB_RETRY_BASE", 30.0, minimum=0.1, maximum=86400),
+        "FLEET_HUB_RETRY_MAX": env_float("FLEET_HUB_RETRY_MAX", 3600.0, minimum=1, maximum=7 * 86400),
         "FLEET_HUB_LEASE": env_float("FLEET_HUB_LEASE", 60.0, minimum=5, maximum=3600),
         "FLEET_HUB_STALL_TIMEOUT": env_float("FLEET_HUB_STALL_TIMEOUT", 60.0, minimum=1, maximum=3600),
         "FLEET_HUB_DISK_MARGIN": _size("FLEET_HUB_DISK_MARGIN", 1024**3),

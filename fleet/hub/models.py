@@ -25,6 +25,9 @@ class HubModel(models.Model):
     upstream = models.CharField(max_length=300, blank=True, help_text="Endpoint it was resolved against.")
     token_encrypted = models.TextField(blank=True, help_text="Per-model upstream token (Fernet); never shown.")
     allow_patterns = models.JSONField(default=list, blank=True)
+    default_version = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="What `main` (and no revision) serves; empty: the newest approved, synced version.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -53,12 +56,14 @@ class ApprovalState(models.TextChoices):
 class SyncState(models.TextChoices):
     QUEUED = "queued", "Queued"
     SYNCING = "syncing", "Syncing"
+    RETRYING = "retrying", "Retrying"
     SYNCED = "synced", "Synced"
     FAILED = "failed", "Failed"
 
     @property
     def colour(self) -> str:
-        return {"queued": "grey", "syncing": "amber", "synced": "green", "failed": "red"}[self.value]
+        return {"queued": "grey", "syncing": "amber", "retrying": "amber", "synced": "green",
+                "failed": "red"}[self.value]
 
 
 class ModelVersion(models.Model):
@@ -115,7 +120,12 @@ class BlobState(models.TextChoices):
 
 
 class Blob(models.Model):
-    """One stored file body. ``claim_token``/``lease_until`` make sure only one process downloads it."""
+    """One stored file body. ``claim_token``/``lease_until`` make sure only one process downloads it.
+
+    A transient failure leaves it ``missing`` with ``attempts`` counted and ``next_attempt_at`` set by
+    exponential backoff; after FLEET_HUB_SYNC_MAX_ATTEMPTS (or a failure retrying cannot fix) it is
+    ``failed`` until an operator retries.
+    """
 
     digest = models.CharField(max_length=64, unique=True)
     size = models.BigIntegerField()
@@ -124,11 +134,21 @@ class Blob(models.Model):
     claim_token = models.CharField(max_length=32, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
-    error = models.CharField(max_length=500, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True,
+                                           help_text="Not fetched again before this time (backoff after a failure).")
+    error = models.CharField(max_length=500, blank=True, help_text="The last download error.")
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"blob {self.digest[:12]}"
+
+    @property
+    def state_colour(self) -> str:
+        return BlobState(self.state).colour
+
+    @property
+    def retrying(self) -> bool:
+        return self.state == BlobState.MISSING and self.attempts > 0
 
     @property
     def algorithm(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -95,11 +96,17 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     version.bytes_done = catalog.version_progress([version]).get(version.pk, 0)
     version.percent = int(100 * version.bytes_done / version.total_size) if version.total_size else 100
     files = list(version.files.select_related("blob"))
+    waiting = [f.blob for f in files if f.blob.retrying and f.blob.next_attempt_at]
+    next_retry = min(waiting, key=lambda blob: blob.next_attempt_at) if waiting else None
+    current = catalog.current_version(version.model)
     installs = list(version.installs.select_related("node").order_by("-state", "node__name"))
     recent = list(NodeCommand.objects.filter(version=version).select_related("node", "created_by")[:50])
     deploy_form = DeployForm(initial={"version": version.pk}) if request.user.has_role("operator") else None
     return render(request, "hub/version_detail.html", {
         "version": version, "files": files, "installs": installs, "recent": recent, "deploy_form": deploy_form,
+        "next_retry": next_retry, "max_attempts": settings.FLEET_HUB_SYNC_MAX_ATTEMPTS,
+        "is_current": current is not None and current.pk == version.pk, "current": current,
+        "is_default": version.model.default_version_id == version.pk,
         "mirror_example": f"HF_ENDPOINT={request.build_absolute_uri('/hf').rstrip('/')}",
     })
 
@@ -118,7 +125,20 @@ def version_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         return redirect("hub-version", pk=pk)
     if action == "retry":
         count = catalog.retry_sync(request.user, version)
-        messages.success(request, f"Retrying {count} failed file{'s' if count != 1 else ''} of {label}.")
+        messages.success(request, f"Retrying {count} file{'s' if count != 1 else ''} of {label} now.")
+        return redirect("hub-version", pk=pk)
+    if action in ("default", "undefault"):
+        try:
+            changed = catalog.set_default(request.user, version if action == "default" else None, version.model)
+        except catalog.CatalogError as error:
+            messages.error(request, f"{error.field}: {error.message}")
+            return redirect("hub-version", pk=pk)
+        if action == "default":
+            messages.success(request, f"`main` of {version.model.repo_id} now serves {label}." if changed
+                             else f"{label} already was the default.")
+        else:
+            messages.success(request, f"`main` of {version.model.repo_id} serves the newest approved, synced "
+                                      "version again.")
         return redirect("hub-version", pk=pk)
     if action == "delete":
         try:

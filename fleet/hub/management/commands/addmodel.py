@@ -25,7 +25,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{repo}@{resolved.sha}: {len(resolved.entries)} files, "
                                   f"{store.human_size(resolved.total_size)} (skipped {len(resolved.skipped)})")
                 return
-            version = add_version("addmodel", repo, revision, token, allow or None, sync_now=False)
+            version = add_version("addmodel", repo, revision, token, allow or None)
         except (CatalogError, upstream.UpstreamError) as error:
             raise CommandError(f"{error.field}: {error.message}") from None
         self.stdout.write(self.style.SUCCESS(
