@@ -116,6 +116,8 @@ try:
         FLEET_METRICS_RETENTION = parse_duration(env_str("FLEET_METRICS_RETENTION", "30d"))
     except ValueError as _exc:
         raise ConfigError(f"FLEET_METRICS_RETENTION: {_exc}") from None
+    # Matched against the client address Daphne reports. Behind nginx (Daphne --proxy-headers) that comes
+    # from X-Forwarded-For, which docker/nginx.conf sets to $remote_addr: nginx is the only trusted hop.
     FLEET_METRICS_ALLOW = env_cidrs("FLEET_METRICS_ALLOW")
     FLEET_GPU_TEMP_ALERT_C = env_float("FLEET_GPU_TEMP_ALERT_C", 85.0, minimum=30, maximum=150)
     FLEET_AGENT_MAX_FRAMES_PER_SECOND = env_float("FLEET_AGENT_MAX_FRAMES_PER_SECOND", 200.0, minimum=1)
