@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -123,6 +124,13 @@ try:
     FLEET_AGENT_MAX_FRAMES_PER_SECOND = env_float("FLEET_AGENT_MAX_FRAMES_PER_SECOND", 200.0, minimum=1)
     FLEET_MAX_METRICS_FRAME_BYTES = env_int("FLEET_MAX_METRICS_FRAME_BYTES", 256 * 1024, minimum=1024)
     FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
+    # Login throttling (django-axes): this many failed sign-ins for one username from one address lock
+    # that pair out for FLEET_LOGIN_LOCKOUT (a duration such as 15m); a success resets the count.
+    FLEET_LOGIN_FAILURE_LIMIT = env_int("FLEET_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+    try:
+        FLEET_LOGIN_LOCKOUT = parse_duration(env_str("FLEET_LOGIN_LOCKOUT", "15m"))
+    except ValueError as _exc:
+        raise ConfigError(f"FLEET_LOGIN_LOCKOUT: {_exc}") from None
     CSRF_TRUSTED_ORIGINS = env_list("FLEET_CSRF_TRUSTED_ORIGINS", [])
     for _origin in CSRF_TRUSTED_ORIGINS:
         if not _origin.startswith(("http://", "https://")):
@@ -146,6 +154,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "fleet.accounts",
     "fleet.inventory",
     "fleet.agents",
@@ -164,7 +173,21 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out username + address before checking
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = FLEET_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=FLEET_LOGIN_LOCKOUT)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # a stranger elsewhere cannot lock a user out
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "fleet.accounts.throttle.locked_out"
+# The address Daphne reports (from the one trusted proxy, see docker/nginx.conf), never a client header.
+AXES_CLIENT_IP_CALLABLE = "fleet.accounts.throttle.client_ip"
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "fleet.urls"
 ASGI_APPLICATION = "fleet.asgi.application"
