@@ -30,7 +30,8 @@ from fleet.lib import backoff
 log = logging.getLogger(__name__)
 
 # Upstream error codes (see upstream.explain) that the same request cannot fix by being repeated.
-PERMANENT = {"gated", "unauthorized", "repo_not_found", "revision_not_found", "checksum", "offline", "no_source"}
+PERMANENT = {"gated", "unauthorized", "repo_not_found", "revision_not_found", "checksum", "offline", "no_source",
+             "token_key"}
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
@@ -111,6 +112,10 @@ def fetch_blob(blob_id: int) -> bool:
         return False
     except upstream.UpstreamError as error:
         _failed(blob, token, error.message, error.code)
+        _refresh_versions(blob_id)
+        return False
+    except store.TokenKeyError as error:
+        _failed(blob, token, error.message, "token_key")
         _refresh_versions(blob_id)
         return False
     except (store.StoreError, OSError) as error:

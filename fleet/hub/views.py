@@ -18,6 +18,7 @@ from fleet.hub import catalog, commands, services, store, upstream
 from fleet.hub.forms import AddModelForm, DeployForm
 from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
 from fleet.inventory.models import Node
+from fleet.lib.ids import parse_id, parse_id_list
 from fleet.web.views.common import paginate, safe_next
 
 VERSIONS_PER_PAGE = 50
@@ -67,7 +68,10 @@ def model_add(request: HttpRequest) -> HttpResponse:
         # in the server-side session under a one-time id.
         token = data["token"]
         if confirm and not token and pending.get("id") == request.POST.get("preview_id"):
-            token = store.decrypt_token(pending.get("token", ""))
+            try:
+                token = store.decrypt_token(pending.get("token", ""))
+            except store.TokenKeyError:
+                token = ""  # the key changed since the preview: the stored or global token applies
         try:
             if confirm:
                 version = services.add_version(request.user, data["repo"], data["revision"], token,
@@ -81,7 +85,7 @@ def model_add(request: HttpRequest) -> HttpResponse:
             preview = services.preview(data["repo"], data["revision"], token, data["allow_patterns"] or None)
             preview_id = secrets.token_urlsafe(12)
             request.session[PREVIEW_KEY] = {"id": preview_id, "token": store.encrypt_token(token)}
-        except (upstream.UpstreamError, catalog.CatalogError) as error:
+        except (upstream.UpstreamError, catalog.CatalogError, store.TokenKeyError) as error:
             field = error.field if error.field in form.fields else None
             form.add_error(field, error.message)
             preview = None
@@ -182,7 +186,7 @@ def node_command(request: HttpRequest, node_pk: int, kind: str) -> HttpResponse:
         messages.error(request, f"kind: {kind!r} is not a node command here; use activate or remove")
         return redirect(fallback)
     try:
-        version = ModelVersion.objects.select_related("model").get(pk=int(request.POST.get("version", "")))
+        version = ModelVersion.objects.select_related("model").get(pk=parse_id(request.POST.get("version", "")))
     except (ValueError, ModelVersion.DoesNotExist):
         messages.error(request, "version: choose a registered model version")
         return redirect(safe_next(request, fallback))
@@ -200,7 +204,7 @@ def progress(request: HttpRequest) -> JsonResponse:
     """Sync progress of versions and progress of node commands, for the pages' progress bars."""
     def ids(name: str) -> list[int] | None:
         try:
-            values = sorted({int(part) for part in request.GET.get(name, "").split(",") if part.strip()})
+            values = parse_id_list(request.GET.get(name, ""))
         except ValueError:
             return None
         return values[:200]

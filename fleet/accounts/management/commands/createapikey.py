@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet.accounts.apikeys import ApiKeyError, create_api_key
 from fleet.accounts.models import ApiScope
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -15,6 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="", help="a label for the key")
 
     def handle(self, *args, user: str, scope: list[str], name: str, **options) -> None:
+        require_migrated()
         owner = get_user_model().objects.filter(username=user).first()
         if owner is None:
             raise CommandError(f"--user: no user named {user!r}; create one with createoperator")

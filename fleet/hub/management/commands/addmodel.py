@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.hub import store, upstream
 from fleet.hub.catalog import CatalogError
 from fleet.hub.services import add_version, preview
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -16,6 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="only show what would be added")
 
     def handle(self, *args, repo: str, revision: str, allow: list[str], dry_run: bool, **options) -> None:
+        require_migrated()
         token = ""  # FLEET_HF_TOKEN applies; per-model tokens are set in the web form (never on a command line)
         try:
             if dry_run:
@@ -26,7 +28,7 @@ class Command(BaseCommand):
                                   f"{store.human_size(resolved.total_size)} (skipped {len(resolved.skipped)})")
                 return
             version = add_version("addmodel", repo, revision, token, allow or None)
-        except (CatalogError, upstream.UpstreamError) as error:
+        except (CatalogError, upstream.UpstreamError, store.TokenKeyError) as error:
             raise CommandError(f"{error.field}: {error.message}") from None
         self.stdout.write(self.style.SUCCESS(
             f"added {repo}@{version.sha} ({version.file_count} files, {store.human_size(version.total_size)}); "

@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.hub import commands
 from fleet.hub.models import CommandKind, ModelVersion
 from fleet.inventory.models import Node
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -16,6 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--activate", action="store_true", help="with deploy: activate once staged")
 
     def handle(self, *args, kind: str, node: str, repo: str, revision: str | None, activate: bool, **options):
+        require_migrated()
         target = Node.objects.filter(name=node).first()
         if target is None:
             raise CommandError(f"--node: no node named {node!r}")

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.hub import store
 from fleet.hub.catalog import CatalogError
 from fleet.hub.importer import import_folder
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -18,6 +19,7 @@ class Command(BaseCommand):
                             help="only import matching files (repeatable; default: everything)")
 
     def handle(self, *args, path: str, repo: str, revision: str, allow: list[str], **options) -> None:
+        require_migrated()
         try:
             version, created = import_folder("importmodel", Path(path).expanduser(), repo, revision, allow or None)
         except CatalogError as error:
