@@ -17,6 +17,22 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("FLEET_VAR_DIR", str(BASE_DIR / "var")))
 
 
+def _private_var_dir() -> Path:
+    """VAR_DIR, created 0700: it holds the secret key, the SQLite database (sessions) and the model store."""
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return VAR_DIR
+
+
+def _private_file(path: Path) -> str:
+    """Create ``path`` empty and 0600 if it does not exist (SQLite then keeps that mode, and gives it to its
+    -wal and -shm files); returns it as a string."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    return str(path)
+
+
 def _secret_key() -> str:
     key = env_str("FLEET_SECRET_KEY")
     if key:
@@ -28,7 +44,7 @@ def _secret_key() -> str:
     if not path.exists():
         import secrets
 
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        _private_var_dir()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(50))
@@ -38,10 +54,10 @@ def _secret_key() -> str:
 def _database() -> dict:
     url = env_str("DATABASE_URL")
     if not url:
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        _private_var_dir()
         return {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(VAR_DIR / "fleet.sqlite3"),
+            "NAME": _private_file(VAR_DIR / "fleet.sqlite3"),
             # Reuse connections: opening one per thread hop was 10-18% of Daphne's time under load.
             "CONN_MAX_AGE": 600,
             "CONN_HEALTH_CHECKS": True,
@@ -167,6 +183,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "fleet.lib.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -242,5 +259,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"},
+                "axes": {"level": "WARNING"}},
 }

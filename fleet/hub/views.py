@@ -211,7 +211,8 @@ def progress(request: HttpRequest) -> JsonResponse:
 
     version_ids, command_ids = ids("versions"), ids("commands")
     if version_ids is None or command_ids is None:
-        return JsonResponse({"error": "versions, commands: give ids as comma-separated integers"}, status=400)
+        return JsonResponse({"error": "versions, commands: give ids as comma-separated whole numbers "
+                                      "(1 to 2**63-1)"}, status=400)
     versions = list(ModelVersion.objects.filter(pk__in=version_ids))
     done = catalog.version_progress(versions)
     payload = {
