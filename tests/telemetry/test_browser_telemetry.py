@@ -48,8 +48,9 @@ def test_live_chart_value_changes_within_three_seconds(stack: Stack, tmp_path) -
                 page.wait_for_selector("#live-indicator[data-state=live]", timeout=15000)
 
                 # Overview: one heatmap cell per GPU, coloured by utilization.
-                page.wait_for_function("document.querySelectorAll('[data-heat-node] .heat-cell:not([data-stale])')"
-                                       ".length === 8", timeout=15000)
+                page.wait_for_function(
+                    "() => document.querySelectorAll('[data-heat-node] .heat-cell:not([data-stale])').length === 8",
+                    timeout=15000)
                 assert page.get_attribute("[data-heat-node] .heat-cell[data-gpu='0']", "title").startswith(
                     "chart-node · GPU 0")
 
@@ -60,7 +61,8 @@ def test_live_chart_value_changes_within_three_seconds(stack: Stack, tmp_path) -
                 first = page.get_attribute(chart, "data-last-ts")
                 started = time.monotonic()
                 page.wait_for_function(
-                    f"document.querySelector(\"{chart}\").getAttribute('data-last-ts') !== '{first}'", timeout=3000)
+                    f"() => document.querySelector(\"{chart}\").getAttribute('data-last-ts') !== '{first}'",
+                    timeout=3000)
                 assert time.monotonic() - started < 3
                 assert page.text_content("[data-gpu-card='0'] [data-metric='util']").endswith("%")
                 assert int(page.get_attribute(chart, "data-points")) >= 2
@@ -85,7 +87,8 @@ def test_live_chart_value_changes_within_three_seconds(stack: Stack, tmp_path) -
                     document.dispatchEvent(new Event('visibilitychange'));
                 }""")
                 page.wait_for_function(
-                    f"document.querySelector(\"{chart}\").getAttribute('data-last-ts') !== '{hidden_at}'", timeout=5000)
+                    f"() => document.querySelector(\"{chart}\").getAttribute('data-last-ts') !== '{hidden_at}'",
+                    timeout=5000)
             finally:
                 browser.close()
     finally:
