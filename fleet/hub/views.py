@@ -40,7 +40,9 @@ def model_list(request: HttpRequest) -> HttpResponse:
     rows = list(page.object_list)
     progress = catalog.version_progress(rows)
     installs = _installs_by_version(rows)
+    current = {v.pk for v in catalog.current_versions(list({v.model_id: v.model for v in rows}.values())).values()}
     for version in rows:
+        version.serves_main = version.pk in current
         version.bytes_done = progress.get(version.pk, 0)
         version.percent = int(100 * version.bytes_done / version.total_size) if version.total_size else 100
         version.node_installs = installs.get(version.pk, [])

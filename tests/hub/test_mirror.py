@@ -284,6 +284,7 @@ def test_operators_mark_the_default_on_the_version_page(client, bob, charlie, im
     assert AuditEvent.objects.get(action="model.default_set").actor_name == "bob"
     page = client.get(f"/models/versions/{v1.pk}/").content.decode()
     assert "data-current" in page and "Unset default" in page
+    assert client.get("/models/").content.decode().count('title="what clients get') == 1
     client.post(f"/models/versions/{v1.pk}/undefault/")
     assert HubModel.objects.get(repo_id="acme/tiny").default_version is None
     assert "data-current" in client.get(f"/models/versions/{v2.pk}/").content.decode()
