@@ -78,10 +78,11 @@ def test_a_changed_token_key_keeps_stored_tokens_readable(settings, fake_hub, hu
     settings.FLEET_HUB_TOKEN_KEY = "second-key-" + "b" * 30
     settings.FLEET_HUB_TOKEN_OLD_KEYS = ["first-key-" + "a" * 30]
     assert store.decrypt_token(stored) == "hf_right"
-    assert store.encrypt_token("hf_right") != stored
+    fresh = store.encrypt_token("hf_right")  # new writes use the new key alone
     assert sync.fetch_blob(version.files.get(path="model.safetensors").blob_id)  # the old token still works
 
     settings.FLEET_HUB_TOKEN_OLD_KEYS = []  # the old key forgotten: a clear error, not a silent blank token
+    assert store.decrypt_token(fresh) == "hf_right"
     with pytest.raises(store.TokenKeyError, match="FLEET_HUB_TOKEN_OLD_KEYS") as error:
         store.decrypt_token(stored)
     assert error.value.field == "token"

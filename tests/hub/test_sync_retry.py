@@ -18,12 +18,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 WEIGHTS = "model.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def _no_background_sync():
-    """Overrides any stub of the old in-request sync: this module checks what requests really start."""
-    yield
-
-
 @pytest.fixture
 def retry_settings(settings):
     settings.FLEET_HUB_RETRY_BASE = 60.0
