@@ -187,27 +187,21 @@ def set_default(actor: Any, version: ModelVersion | None, model: HubModel | None
 def current_version(model: HubModel) -> ModelVersion | None:
     """What `main` (and no revision) resolves to: the operator's default if it is approved, else the newest
     approved, synced version, else the newest approved one (served by pull-through), else the newest."""
-    versions = ModelVersion.objects.filter(model=model).order_by("-created_at", "-id")
-    if model.default_version_id:
-        chosen = versions.filter(pk=model.default_version_id, approval=ApprovalState.APPROVED).first()
-        if chosen is not None:
-            return chosen
-    approved = versions.filter(approval=ApprovalState.APPROVED)
-    return approved.filter(sync_state=SyncState.SYNCED).first() or approved.first() or versions.first()
+    return current_versions([model]).get(model.pk)
 
 
 def current_versions(models: list[HubModel]) -> dict[int, ModelVersion]:
-    """``current_version`` for many models in two queries (model id → version)."""
+    """``current_version`` of each model (model id → version), in one query."""
     by_model: dict[int, list[ModelVersion]] = {}
     for version in ModelVersion.objects.filter(model__in=models).order_by("-created_at", "-id"):
         by_model.setdefault(version.model_id, []).append(version)
     result = {}
     for model in models:
-        versions = by_model.get(model.pk, [])
+        versions = by_model.get(model.pk, [])  # newest first
         approved = [v for v in versions if v.approval == ApprovalState.APPROVED]
-        chosen = next((v for v in approved if v.pk == model.default_version_id), None) \
-            or next((v for v in approved if v.sync_state == SyncState.SYNCED), None) \
-            or (approved[0] if approved else None) or (versions[0] if versions else None)
+        chosen = (next((v for v in approved if v.pk == model.default_version_id), None)
+                  or next((v for v in approved if v.sync_state == SyncState.SYNCED), None)
+                  or next(iter(approved), None) or next(iter(versions), None))
         if chosen is not None:
             result[model.pk] = chosen
     return result
