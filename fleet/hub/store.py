@@ -16,6 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from fleet.lib.errors import FieldError
 from fleet.lib.units import format_bytes
 
 DIGEST = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -144,12 +145,25 @@ def install_file(source: Path, digest: str) -> Path:
 # ---- upstream tokens, encrypted at rest ---------------------------------------------------------------
 
 
-def _fernet():
+class TokenKeyError(FieldError):
+    """A stored upstream token that no configured key decrypts."""
+
+
+def _fernet_for(secret: str):
     from cryptography.fernet import Fernet
 
-    secret = settings.FLEET_HUB_TOKEN_KEY or settings.SECRET_KEY
     key = hashlib.sha256(b"fleet.hub.token:" + secret.encode()).digest()
     return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _fernet():
+    """Encrypts with FLEET_HUB_TOKEN_KEY (else SECRET_KEY); decrypts with it or any FLEET_HUB_TOKEN_OLD_KEYS,
+    so a key change loses no stored token (they move to the new key as they are saved again)."""
+    from cryptography.fernet import MultiFernet
+
+    current = settings.FLEET_HUB_TOKEN_KEY or settings.SECRET_KEY
+    readers = [*settings.FLEET_HUB_TOKEN_OLD_KEYS, settings.SECRET_KEY]  # SECRET_KEY: the key before one was set
+    return MultiFernet([_fernet_for(current), *(_fernet_for(old) for old in readers if old != current)])
 
 
 def encrypt_token(token: str) -> str:
@@ -157,7 +171,7 @@ def encrypt_token(token: str) -> str:
 
 
 def decrypt_token(ciphertext: str) -> str:
-    """The plaintext token; "" when none is stored or the key changed (the operator must set it again)."""
+    """The plaintext token ("" when none is stored). Raises TokenKeyError when no configured key opens it."""
     if not ciphertext:
         return ""
     from cryptography.fernet import InvalidToken
@@ -165,4 +179,7 @@ def decrypt_token(ciphertext: str) -> str:
     try:
         return _fernet().decrypt(ciphertext.encode()).decode()
     except InvalidToken:
-        return ""
+        raise TokenKeyError(
+            "token", "the stored upstream token cannot be decrypted with FLEET_HUB_TOKEN_KEY (or SECRET_KEY) nor any "
+                     "key in FLEET_HUB_TOKEN_OLD_KEYS: put the key it was saved with in FLEET_HUB_TOKEN_OLD_KEYS, "
+                     "or enter the token again") from None

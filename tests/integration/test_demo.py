@@ -83,12 +83,12 @@ def test_demo_fleet_live_in_the_browser(demo):
             online = "document.querySelector('[data-summary=\"nodes.online\"]').textContent.trim()"
             gpus = "document.querySelector('[data-summary=\"gpus.total\"]').textContent.trim()"
             left = 15 - (time.monotonic() - demo["started"])
-            page.wait_for_function(f"{online} === '8' && {gpus} === '29'", timeout=max(left, 1) * 1000)
+            page.wait_for_function(f"() => {online} === '8' && {gpus} === '29'", timeout=max(left, 1) * 1000)
             page.evaluate("window.__noReload = true")
 
             killed_at = time.monotonic()
             os.kill(pids["edge-03"], signal.SIGKILL)
-            page.wait_for_function(f"{online} === '7'", timeout=(OFFLINE_AFTER + 5) * 1000)
+            page.wait_for_function(f"() => {online} === '7'", timeout=(OFFLINE_AFTER + 5) * 1000)
             assert time.monotonic() - killed_at <= OFFLINE_AFTER + 5
             assert page.evaluate("window.__noReload") is True
 
@@ -97,7 +97,7 @@ def test_demo_fleet_live_in_the_browser(demo):
                                          cwd=ROOT, env={**demo["env"], "FLEET_AGENT_HOME": home},
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                page.wait_for_function(f"{online} === '8'", timeout=15000)
+                page.wait_for_function(f"() => {online} === '8'", timeout=15000)
                 assert page.evaluate("window.__noReload") is True
             finally:
                 restarted.terminate()

@@ -8,6 +8,7 @@ from fleet.accounts.apikeys import create_api_key
 from fleet.accounts.models import ApiScope
 from fleet.lib.cli import field_errors
 from fleet.lib.env import parse_duration
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -24,6 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, user: str, scope: list[str], name: str, expires: str, model: list[str],
                **options) -> None:
+        require_migrated()
         owner = get_user_model().objects.filter(username=user).first()
         if owner is None:
             raise CommandError(f"--user: no user named {user!r}; create one with createoperator")

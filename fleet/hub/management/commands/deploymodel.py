@@ -4,6 +4,7 @@ from fleet.hub import commands
 from fleet.hub.models import CommandKind, ModelVersion
 from fleet.inventory.models import Node
 from fleet.lib.cli import field_errors
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -17,6 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--activate", action="store_true", help="with deploy: activate once staged")
 
     def handle(self, *args, kind: str, node: str, repo: str, revision: str | None, activate: bool, **options):
+        require_migrated()
         target = Node.objects.filter(name=node).first()
         if target is None:
             raise CommandError(f"--node: no node named {node!r}")

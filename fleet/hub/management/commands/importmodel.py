@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.hub import store
 from fleet.hub.importer import import_folder
 from fleet.lib.cli import field_errors
+from fleet.lib.migrations import require_migrated
 from fleet.lib.units import format_bytes
 
 
@@ -19,6 +20,7 @@ class Command(BaseCommand):
                             help="only import matching files (repeatable; default: everything)")
 
     def handle(self, *args, path: str, repo: str, revision: str, allow: list[str], **options) -> None:
+        require_migrated()
         try:
             with field_errors(repo="--repo", revision="--revision", allow="--allow"):
                 version, created = import_folder("importmodel", Path(path).expanduser(), repo, revision, allow or None)

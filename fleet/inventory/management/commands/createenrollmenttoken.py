@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.inventory.services import create_enrollment_token
 from fleet.lib.cli import field_errors
 from fleet.lib.env import parse_duration
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -16,6 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--note", default="", help="a note shown on the enrollment page")
 
     def handle(self, *args, expires: str, uses: int, note: str, **options) -> None:
+        require_migrated()
         try:
             ttl = timedelta(seconds=parse_duration(expires))
         except ValueError as error:
