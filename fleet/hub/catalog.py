@@ -3,7 +3,6 @@ one transaction with its audit row; the engine's `hub-sync` task fetches whateve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from django.utils import timezone
 
 from fleet.accounts import audit
 from fleet.hub import store
+from fleet.hub.entries import FileEntry
 from fleet.hub.models import (
     ApprovalState,
     Blob,
@@ -32,18 +32,6 @@ MAX_FILES = 10_000
 
 class CatalogError(FieldError):
     """A refused catalog change, naming the form field at fault."""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    path: str
-    size: int
-    oid: str  # git blob sha1 (of the LFS pointer for LFS files)
-    lfs_sha256: str | None = None
-
-    @property
-    def digest(self) -> str:
-        return self.lfs_sha256 or self.oid
 
 
 def validate_entries(entries: list[FileEntry]) -> None:

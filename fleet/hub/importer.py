@@ -14,7 +14,8 @@ from typing import Any
 from huggingface_hub.utils import filter_repo_objects
 
 from fleet.hub import store
-from fleet.hub.catalog import CatalogError, FileEntry, find_version, register_version
+from fleet.hub.catalog import CatalogError, find_version, register_version
+from fleet.hub.entries import FileEntry
 from fleet.hub.models import ModelVersion, SourceKind
 
 LFS_SIZE = 10 * 1024 * 1024  # the Hub stores files this big (and binary weights of any size) with LFS

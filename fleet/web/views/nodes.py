@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404, render
 
 from fleet.accounts.permissions import viewer_required
 from fleet.hub.models import ModelVersion
+from fleet.hub.node_models import node_models_context
 from fleet.inventory.models import Node, NodeCredential, NodeRuntime
 from fleet.inventory.queries import node_payload, with_gpu_counts
 from fleet.lib.http import paginate
@@ -52,7 +53,7 @@ def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "web/node_detail.html",
         {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}",
-         "runtimes": runtimes,
+         "runtimes": runtimes, "hub": node_models_context(node, request.user),
          "node_alerts": list(Alert.objects.filter(node=node).select_related("node")[:12])},
     )
 
