@@ -10,7 +10,7 @@ import pytest
 from tests.integration.harness import Stack, wait_until
 
 pytestmark = pytest.mark.integration
-LEADING = "embedded engine leading: telemetry-retention, hub-sync, rollouts, deployments"
+LEADING = "embedded engine leading: telemetry-retention, lost-gpu-retention, hub-sync, rollouts, deployments"
 
 
 def test_the_engine_runs_inside_daphne_and_one_process_leads(tmp_path) -> None:

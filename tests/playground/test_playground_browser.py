@@ -97,7 +97,7 @@ def page(browser, base_url, session):
 
 def _ready(page) -> None:
     page.wait_for_selector("#pg-socket[data-state=live]", timeout=WAIT)
-    page.wait_for_function("document.querySelector('#pg-target-a').value.includes('model')", timeout=WAIT)
+    _until(page, "document.querySelector('#pg-target-a').value.includes('model')", timeout=WAIT)
 
 
 def _send(page, text: str) -> None:
@@ -105,8 +105,13 @@ def _send(page, text: str) -> None:
     page.press("#pg-prompt", "Enter")
 
 
+def _until(page, expression: str, timeout: float) -> None:
+    """Wait for a JS expression; as a function, since the page's CSP forbids evaluating strings."""
+    page.wait_for_function(f"() => ({expression})", timeout=timeout)
+
+
 def _wait_finished(page, answers: int) -> None:
-    page.wait_for_function(
+    _until(page,
         f"document.querySelectorAll('.pg-answer').length === {answers} && "
         "!document.querySelector('.pg-answer.streaming') && "
         "Array.from(document.querySelectorAll('.pg-answer')).every(a => a.querySelector('.pg-stats .badge'))",
@@ -132,7 +137,7 @@ def test_stream_stop_reload_finds_the_conversation(page, base_url) -> None:
     inline = page.evaluate("Array.from(document.scripts).filter(s => !s.src && s.type !== 'application/json').length")
     assert inline == 0  # a Content-Security-Policy without 'unsafe-inline' must not break the page
     _send(page, "Tell me a slow story")
-    page.wait_for_function("(document.querySelector('.pg-answer.streaming .pg-md') || {})"
+    _until(page, "(document.querySelector('.pg-answer.streaming .pg-md') || {})"
                            ".textContent?.includes('word5')", timeout=WAIT)
     stats = page.text_content(".pg-answer .pg-stats")
     assert "streaming" in stats and "TTFT" in stats and "TTFT \u2014" not in stats and "tok/s" in stats
@@ -148,7 +153,7 @@ def test_stream_stop_reload_finds_the_conversation(page, base_url) -> None:
     assert "word0" in partial and "word399" not in partial
     assert page.text_content(".pg-answer .pg-stats .badge") == "stopped"
 
-    page.wait_for_function("document.querySelector('.pg-conversation.active .pg-conversation-meta')"
+    _until(page, "document.querySelector('.pg-conversation.active .pg-conversation-meta')"
                            "?.textContent.startsWith('2 msg')", timeout=WAIT)
     saved = _saved_with(page, 2)
     assert [m["role"] for m in saved["messages"]] == ["user", "assistant"]
@@ -166,7 +171,7 @@ def test_stream_stop_reload_finds_the_conversation(page, base_url) -> None:
 
 def test_reload_mid_answer_keeps_the_conversation(page) -> None:
     _send(page, "a slow answer, then reload")
-    page.wait_for_function("(document.querySelector('.pg-answer.streaming .pg-md') || {})"
+    _until(page, "(document.querySelector('.pg-answer.streaming .pg-md') || {})"
                            ".textContent?.includes('word3')", timeout=WAIT)
     conversation_id = page.evaluate("fleetPlayground.state.conv.id")
     page.reload()
@@ -192,7 +197,7 @@ def test_markdown_edit_and_regenerate(page) -> None:
     page.click(".pg-user .pg-msg-head button")  # Edit
     page.fill(".pg-edit", "hello again")
     page.click("text=Send edited")
-    page.wait_for_function("document.querySelector('.pg-answer .pg-md strong')?.textContent === 'hello again'",
+    _until(page, "document.querySelector('.pg-answer .pg-md strong')?.textContent === 'hello again'",
                            timeout=WAIT)
     _wait_finished(page, 1)
     assert page.locator(".pg-user").count() == 1
@@ -204,7 +209,7 @@ def test_markdown_edit_and_regenerate(page) -> None:
 
     page.evaluate("document.querySelectorAll('.pg-answer').forEach(a => a.setAttribute('data-old', ''))")
     page.click("#pg-regenerate")
-    page.wait_for_function("!document.querySelector('.pg-answer[data-old]')", timeout=WAIT)
+    _until(page, "!document.querySelector('.pg-answer[data-old]')", timeout=WAIT)
     _wait_finished(page, 2)
     wait_until(lambda: _saved_with(page, 4)["messages"][3]["id"] != first_answer_id, WAIT / 1000, "a new answer")
     contents = [(m["role"], m["content"][:24]) for m in _saved(page)["messages"]]
@@ -217,7 +222,7 @@ def test_markdown_edit_and_regenerate(page) -> None:
     page.click(f"{item} [data-rename]")
     page.fill(".pg-rename", "Greetings")
     page.press(".pg-rename", "Enter")
-    page.wait_for_function(f"document.querySelector(\"{item} .pg-conversation-title\")?.textContent === 'Greetings'",
+    _until(page, f"document.querySelector(\"{item} .pg-conversation-title\")?.textContent === 'Greetings'",
                            timeout=WAIT)
     assert _saved(page)["title"] == "Greetings"
     page.click(f"{item} [data-delete]")
@@ -235,7 +240,7 @@ def test_compare_streams_two_versions_side_by_side(page, base_url) -> None:
     assert json.loads(page.input_value("#pg-target-b")) == {"model": REPO, "sha": SHA_V2}
 
     _send(page, "a slow comparison")
-    page.wait_for_function("['a', 'b'].every(l => (document.querySelector("
+    _until(page, "['a', 'b'].every(l => (document.querySelector("
                            "`.pg-answer.streaming[data-lane=${l}] .pg-md`) || {}).textContent?.includes('word3'))",
                            timeout=WAIT)
     boxes = [page.locator(f".pg-answer[data-lane={lane}]").bounding_box() for lane in "ab"]
