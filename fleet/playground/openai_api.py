@@ -12,10 +12,10 @@ from django.http import JsonResponse
 from pydantic import ValidationError
 
 from fleet.agent.protocol import ChatMessage, ChatParams
+from fleet.lib.openai_chat import ChatCompletionRequest, ChatRequestError, parse_chat_completion
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_MESSAGES = 512
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "response_format", "audio",
                "modalities")
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -63,98 +63,48 @@ class ChatRequest:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def _content(value: Any, index: int) -> str:
-    """A message's content: a string, or a list of text parts (images and audio are not served)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts = []
-        for part_index, part in enumerate(value):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad(f"messages[{index}].content[{part_index}]", "only text parts "
-                          "({\"type\": \"text\", \"text\": ...}) are supported")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise bad(f"messages[{index}].content", "must be a string or a list of text parts")
-
-
-def _messages(raw: Any) -> list[dict[str, str]]:
-    if not isinstance(raw, list) or not raw:
-        raise bad("messages", "must be a non-empty list of {\"role\", \"content\"} objects")
-    if len(raw) > MAX_MESSAGES:
+def _check_messages(messages: list[dict[str, str]]) -> None:
+    """The protocol's limits: how many messages, how long each may be."""
+    if len(messages) > MAX_MESSAGES:
         raise bad("messages", f"at most {MAX_MESSAGES} messages")
-    messages = []
-    for index, message in enumerate(raw):
-        if not isinstance(message, dict):
-            raise bad(f"messages[{index}]", "must be an object with role and content")
-        role = message.get("role")
-        if role not in ROLES:
-            raise bad(f"messages[{index}].role", f"must be one of system, developer, user, assistant (got {role!r})")
-        content = _content(message.get("content"), index)
+    for index, message in enumerate(messages):
         try:
-            ChatMessage(role=ROLES[role], content=content)
+            ChatMessage.model_validate(message)
         except ValidationError as error:
             raise bad(f"messages[{index}].content", error.errors(include_url=False)[0]["msg"]) from None
-        messages.append({"role": ROLES[role], "content": content})
-    return messages
 
 
-def _params(body: dict[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for name in ("temperature", "top_p", "seed"):
-        if body.get(name) is not None:
-            params[name] = body[name]
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    stop = body.get("stop")
-    if stop is not None:
-        params["stop"] = [stop] if isinstance(stop, str) else stop
-    for name, value in params.items():
-        if isinstance(value, bool) or (name != "stop" and not isinstance(value, int | float)):
-            raise bad(_param_name(name, body), "must be a number")
+def _params(chat: ChatCompletionRequest) -> dict[str, Any]:
+    """The sampling fields within the protocol's ChatParams bounds, which a node enforces too."""
+    params = {"temperature": chat.temperature, "top_p": chat.top_p, "max_tokens": chat.max_tokens,
+              "stop": chat.stop, "seed": chat.seed}
     try:
         return ChatParams.model_validate(params).model_dump(exclude_none=True)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         loc = first.get("loc", ())
-        name = _param_name(str(loc[0]), body) if loc else "body"
-        raise bad(name, first.get("msg", "invalid")) from None
-
-
-def _param_name(name: str, body: dict[str, Any]) -> str:
-    if name == "max_tokens" and "max_completion_tokens" in body:
-        return "max_completion_tokens"
-    return name
+        name = str(loc[0]) if loc else "body"
+        raise bad(chat.max_tokens_param if name == "max_tokens" else name, first.get("msg", "invalid")) from None
 
 
 def parse_chat_request(raw_body: bytes) -> ChatRequest:
-    """Validate a /v1/chat/completions body. Raises GatewayError (400) naming the field."""
+    """Validate a /v1/chat/completions body. Raises GatewayError (400 naming the field, 413)."""
     if len(raw_body) > MAX_BODY_BYTES:
         raise GatewayError(413, f"request body over {MAX_BODY_BYTES // (1024 * 1024)} MiB", code="body_too_large")
     try:
         body = json.loads(raw_body or b"null")
     except ValueError:
         raise GatewayError(400, "body: not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, "body: must be a JSON object", code="invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not 1 <= len(model) <= 200:
-        raise bad("model", "required: a model id from GET /v1/models (1 to 200 characters)")
-    for name in UNSUPPORTED:
+    for name in UNSUPPORTED if isinstance(body, dict) else ():  # before messages: tools come with tool roles
         if body.get(name) not in (None, [], {}):
             raise bad(name, "not supported by the fleet gateway; leave it out")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise bad("n", "only n=1 is supported")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad("stream", "must be true or false")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad("stream_options", "must be an object such as {\"include_usage\": true}")
-    return ChatRequest(model=model, messages=_messages(body.get("messages")), params=_params(body),
-                       stream=stream, include_usage=bool(options.get("include_usage")))
+    try:
+        chat = parse_chat_completion(body)
+    except ChatRequestError as error:
+        raise GatewayError(error.status, error.message, param=error.param, code=error.code) from None
+    _check_messages(chat.messages)
+    return ChatRequest(model=chat.model, messages=chat.messages, params=_params(chat), stream=chat.stream,
+                       include_usage=chat.include_usage)
 
 
 def usage_block(usage: dict[str, Any]) -> dict[str, int]:
