@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean bench-telemetry
+.PHONY: demo test lint install clean bench-telemetry bench-chat
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Fleet needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -33,3 +33,6 @@ clean:
 
 bench-telemetry: $(STAMP)
 	$(BIN)/python bench/telemetry.py --search
+
+bench-chat: $(STAMP)
+	$(BIN)/python bench/chat.py

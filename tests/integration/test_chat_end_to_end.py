@@ -121,6 +121,16 @@ async def test_a_gateway_client_that_hangs_up_stops_the_runtime(world):
     assert 5 <= generated < LONG // 2, generated
 
 
+async def test_a_killed_runtime_comes_back_by_itself(world):
+    port = world.runtime(GOOD)["port"]
+    restarts = world.runtime(GOOD)["restarts"]
+    os.kill(world.runtime_pid(port), signal.SIGKILL)
+    back = world.wait_runtime(GOOD, "ready", 120, lambda row: row["restarts"] == restarts + 1)
+    assert back["port"] and back["port"] != port
+    result = await client(world).chat.completions.create(model=GOOD, messages=ask("Still there?"), max_tokens=8)
+    assert result.usage.completion_tokens == 8 and result.choices[0].message.content
+
+
 async def test_a_runtime_that_cannot_start_says_why_and_is_not_routed_to(world):
     row = world.wait_runtime(BROKEN, "failed", 180, lambda r: "gave up" in r["reason"])
     assert "cannot load the model" in row["reason"] and "exited with code 1" in row["reason"], row
@@ -146,16 +156,6 @@ async def test_a_runtime_that_cannot_start_says_why_and_is_not_routed_to(world):
         _, end = await socket.until_end("broken-1", 10)
     assert end["type"] == "chat.error" and "no online node is serving" in end["error"], end
     assert runtime_stats(world.runtime_url())["requests_total"] == served_before
-
-
-async def test_a_killed_runtime_comes_back_by_itself(world):
-    port = world.runtime(GOOD)["port"]
-    restarts = world.runtime(GOOD)["restarts"]
-    os.kill(world.runtime_pid(port), signal.SIGKILL)
-    back = world.wait_runtime(GOOD, "ready", 120, lambda row: row["restarts"] == restarts + 1)
-    assert back["port"] and back["port"] != port
-    result = await client(world).chat.completions.create(model=GOOD, messages=ask("Still there?"), max_tokens=8)
-    assert result.usage.completion_tokens == 8 and result.choices[0].message.content
 
 
 async def test_a_node_killed_mid_answer_ends_the_answer_with_an_error(world):
