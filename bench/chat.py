@@ -9,8 +9,9 @@ stack (Daphne, a real fleet-agent, the builtin runtime serving the tiny Llama on
 Latency: ``--requests`` streamed answers of ``--latency-tokens`` tokens per path, one at a time, the paths
 taking turns; time to first token (TTFT: request sent → first text) and inter-token latency (ITL: first → last
 text over the tokens in between). Throughput: ``C`` concurrent streams of ``--tokens`` tokens each per path,
-aggregate completion tokens per second of wall time. The runtime generates one answer at a time, so
-concurrency queues there: the figures show what the relay costs, not batching.
+aggregate completion tokens per second of wall time, the median of ``--rounds`` runs (paths taking turns). The
+runtime generates one answer at a time, so concurrency queues there: the figures show what the relay costs, not
+batching.
 
 Targets (issue 7): added TTFT p50 < 5 ms; streaming throughput ≥ 0.95× direct. The last line is one JSON object.
 """
@@ -134,15 +135,18 @@ async def measure(bench: Bench, args: argparse.Namespace) -> dict:
         order = PATHS[index % 3:] + PATHS[:index % 3]  # take turns: a noisy neighbour hits every path alike
         for name in order:
             latency[name].append(await bench.path(name)(args.latency_tokens, index + 1))
-    throughput: dict[str, dict[int, float]] = {name: {} for name in PATHS}
+    rates: dict[str, dict[int, list[float]]] = {name: {c: [] for c in args.concurrency} for name in PATHS}
     for concurrency in args.concurrency:
-        for index, name in enumerate(PATHS[concurrency % 3:] + PATHS[:concurrency % 3]):
-            begin = time.perf_counter()
-            samples = await asyncio.gather(*(bench.path(name)(args.tokens, 1000 * concurrency + index * 100 + n)
-                                             for n in range(concurrency)))
-            throughput[name][concurrency] = sum(s.tokens for s in samples) / (time.perf_counter() - begin)
+        for round_ in range(args.rounds):
+            turn = (concurrency + round_) % 3
+            for name in PATHS[turn:] + PATHS[:turn]:
+                seeds = [10000 * concurrency + 100 * round_ + n for n in range(concurrency)]
+                begin = time.perf_counter()
+                samples = await asyncio.gather(*(bench.path(name)(args.tokens, seed) for seed in seeds))
+                rates[name][concurrency].append(sum(s.tokens for s in samples) / (time.perf_counter() - begin))
+    throughput = {name: {c: statistics.median(values) for c, values in by_c.items()} for name, by_c in rates.items()}
     result: dict = {"model": GOOD, "runtime": "builtin", "threads": 1, "requests": args.requests,
-                    "latency_tokens": args.latency_tokens, "tokens": args.tokens, "paths": {}}
+                    "latency_tokens": args.latency_tokens, "tokens": args.tokens, "rounds": args.rounds, "paths": {}}
     for name in PATHS:
         ttfts = [s.ttft * 1000 for s in latency[name]]
         itls = [s.span * 1000 / (s.tokens - 1) for s in latency[name] if s.tokens > 1]
@@ -168,7 +172,8 @@ def report(result: dict) -> None:
     paths = result["paths"]
     concurrency = list(paths["direct"]["tokens_per_s"])
     print(f"\nbuiltin runtime, tiny Llama, 1 thread; latency over {result['requests']} answers of "
-          f"{result['latency_tokens']} tokens, throughput over streams of {result['tokens']} tokens")
+          f"{result['latency_tokens']} tokens; throughput: median of {result['rounds']} runs of C streams of "
+          f"{result['tokens']} tokens")
     header = f"{'path':<9}{'TTFT p50':>10}{'TTFT p95':>10}{'added p50':>11}{'ITL p50':>10}"
     header += "".join(f"{f'tok/s C={c}':>13}{'÷direct':>9}" for c in concurrency)
     print(header)
@@ -202,11 +207,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=30, help="answers per path for the latency figures")
     parser.add_argument("--latency-tokens", type=int, default=32, help="max_tokens of the latency answers")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of each throughput stream")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput runs per path and concurrency (median)")
     parser.add_argument("--concurrency", type=concurrency_list, default=[1, 4, 16], help="e.g. 1,4,16")
     args = parser.parse_args()
     for name in ("requests", "latency_tokens", "tokens"):
         if not 2 <= getattr(args, name) <= 4000:
             parser.error(f"--{name.replace('_', '-')} must be from 2 to 4000")
+    if not 1 <= args.rounds <= 100:
+        parser.error("--rounds must be from 1 to 100")
     with tempfile.TemporaryDirectory(prefix="fleet-bench-chat-") as scratch:
         print("starting Daphne, a fleet-agent and the builtin runtime (tens of seconds)...", flush=True)
         world = ChatWorld(Path(scratch), offline_after=15,
@@ -214,6 +222,9 @@ def main() -> int:
         try:
             world.start()
             result = asyncio.run(run(world, args))
+        except Exception:
+            print(f"runtime: {world.runtime(GOOD)}\nagent log:\n{world.agent.log()}", file=sys.stderr)
+            raise
         finally:
             world.stop()
     report(result)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_runs_with_tiny_parameters():
     result = subprocess.run(
-        [sys.executable, "bench/chat.py", "--requests", "2", "--latency-tokens", "4", "--tokens", "6",
+        [sys.executable, "bench/chat.py", "--requests", "2", "--latency-tokens", "4", "--tokens", "6", "--rounds", "1",
          "--concurrency", "1,2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
