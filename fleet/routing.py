@@ -1,17 +1,18 @@
 """Websocket routes: browser sockets behind origin + session auth, the agent socket behind its secret."""
 
 from channels.auth import AuthMiddlewareStack
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
 from fleet.agents.auth import NodeSecretMiddleware
 from fleet.agents.consumers import AgentConsumer
+from fleet.lib.origin import SameOriginValidator
 from fleet.playground.consumers import ChatConsumer
 from fleet.web.consumers import LiveConsumer
 
 
 def browser(app):
-    return AllowedHostsOriginValidator(AuthMiddlewareStack(app))
+    """Browser sockets: same-origin only (scheme, host and port), then the session's user."""
+    return SameOriginValidator(AuthMiddlewareStack(app))
 
 
 websocket_urlpatterns = [

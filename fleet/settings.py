@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,6 +15,24 @@ from fleet.lib.env import ConfigError, env_bool, env_float, env_int, env_list, e
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("FLEET_VAR_DIR", str(BASE_DIR / "var")))
+# The demo's converted models (SmolLM2 from its GGUF), kept across restarts; tests share one conversion.
+FLEET_DEMO_MODELS = Path(env_str("FLEET_DEMO_MODELS", str(VAR_DIR / "demo" / "models")))
+
+
+def _private_var_dir() -> Path:
+    """VAR_DIR, created 0700: it holds the secret key, the SQLite database (sessions) and the model store."""
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return VAR_DIR
+
+
+def _private_file(path: Path) -> str:
+    """Create ``path`` empty and 0600 if it does not exist (SQLite then keeps that mode, and gives it to its
+    -wal and -shm files); returns it as a string."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    return str(path)
 
 
 def _secret_key() -> str:
@@ -27,7 +46,7 @@ def _secret_key() -> str:
     if not path.exists():
         import secrets
 
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        _private_var_dir()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(50))
@@ -37,10 +56,10 @@ def _secret_key() -> str:
 def _database() -> dict:
     url = env_str("DATABASE_URL")
     if not url:
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        _private_var_dir()
         return {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(VAR_DIR / "fleet.sqlite3"),
+            "NAME": _private_file(VAR_DIR / "fleet.sqlite3"),
             # Reuse connections: opening one per thread hop was 10-18% of Daphne's time under load.
             "CONN_MAX_AGE": 600,
             "CONN_HEALTH_CHECKS": True,
@@ -110,12 +129,17 @@ try:
     FLEET_ENROLLMENT_DEFAULT_TTL = env_float("FLEET_ENROLLMENT_TTL", 3600.0, minimum=60)
     FLEET_PUBLIC_URL = env_str("FLEET_PUBLIC_URL").rstrip("/")
     FLEET_PRESENCE_SWEEP = env_bool("FLEET_PRESENCE_SWEEP", True)
+    # The engine inside the server process (fleet/engine.py): the default with SQLite (one Daphne, the
+    # demo); with PostgreSQL, `manage.py engine` runs it as a process of its own.
+    FLEET_EMBEDDED_ENGINE = env_bool("FLEET_EMBEDDED_ENGINE", DATABASES["default"]["ENGINE"].endswith("sqlite3"))
     # Telemetry (fleet/telemetry): retention of 1-minute rollups, /metrics scrapers, alert threshold,
     # and the per-agent caps that keep one agent from growing Daphne's unbounded read queue.
     try:
         FLEET_METRICS_RETENTION = parse_duration(env_str("FLEET_METRICS_RETENTION", "30d"))
     except ValueError as _exc:
         raise ConfigError(f"FLEET_METRICS_RETENTION: {_exc}") from None
+    # Matched against the client address Daphne reports. Behind nginx (Daphne --proxy-headers) that comes
+    # from X-Forwarded-For, which docker/nginx.conf sets to $remote_addr: nginx is the only trusted hop.
     FLEET_METRICS_ALLOW = env_cidrs("FLEET_METRICS_ALLOW")
     FLEET_GPU_TEMP_ALERT_C = env_float("FLEET_GPU_TEMP_ALERT_C", 85.0, minimum=30, maximum=150)
     FLEET_AGENT_MAX_FRAMES_PER_SECOND = env_float("FLEET_AGENT_MAX_FRAMES_PER_SECOND", 200.0, minimum=1)
@@ -123,6 +147,13 @@ try:
     FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
     # The /v1 gateway (fleet/playground/gateway.py): requests per minute per API key, per server process.
     FLEET_GATEWAY_REQUESTS_PER_MINUTE = env_float("FLEET_GATEWAY_REQUESTS_PER_MINUTE", 600.0, minimum=1)
+    # Login throttling (django-axes): this many failed sign-ins for one username from one address lock
+    # that pair out for FLEET_LOGIN_LOCKOUT (a duration such as 15m); a success resets the count.
+    FLEET_LOGIN_FAILURE_LIMIT = env_int("FLEET_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+    try:
+        FLEET_LOGIN_LOCKOUT = parse_duration(env_str("FLEET_LOGIN_LOCKOUT", "15m"))
+    except ValueError as _exc:
+        raise ConfigError(f"FLEET_LOGIN_LOCKOUT: {_exc}") from None
     CSRF_TRUSTED_ORIGINS = env_list("FLEET_CSRF_TRUSTED_ORIGINS", [])
     for _origin in CSRF_TRUSTED_ORIGINS:
         if not _origin.startswith(("http://", "https://")):
@@ -146,6 +177,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "fleet.accounts",
     "fleet.inventory",
     "fleet.agents",
@@ -158,13 +190,28 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "fleet.lib.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out username + address before checking
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = FLEET_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=FLEET_LOGIN_LOCKOUT)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # a stranger elsewhere cannot lock a user out
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "fleet.accounts.throttle.locked_out"
+# The address Daphne reports (from the one trusted proxy, see docker/nginx.conf), never a client header.
+AXES_CLIENT_IP_CALLABLE = "fleet.accounts.throttle.client_ip"
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "fleet.urls"
 ASGI_APPLICATION = "fleet.asgi.application"
@@ -219,5 +266,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"},
+                "axes": {"level": "WARNING"}},
 }

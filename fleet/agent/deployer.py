@@ -18,6 +18,7 @@ from typing import Any
 
 from fleet.agent.modelstore import TERMINAL, DeployConfig, ModelStore, etag_of
 from fleet.agent.protocol import Activate, CommandEvent, Deploy, ModelRef, Remove, Rollback
+from fleet.lib.units import format_bytes
 
 log = logging.getLogger("fleet.agent.deployer")
 PROGRESS_EVERY = 1.0
@@ -34,13 +35,6 @@ def _retry_after(value: str | None) -> int:
     except ValueError:
         return 10
 Send = Callable[[CommandEvent], Awaitable[None]]
-
-
-def _human(size: int) -> str:
-    value, unit = float(size), 0
-    while value >= 1024 and unit < 5:
-        value, unit = value / 1024, unit + 1
-    return f"{int(value)} B" if unit == 0 else f"{value:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'][unit]}"
 
 
 class CommandFailed(Exception):
@@ -200,9 +194,9 @@ class Deployer:
             free = self.store.free_bytes()
             if total - present + self.config.disk_margin > free:
                 raise CommandFailed(
-                    f"not enough disk space: {repo}@{sha[:12]} needs {_human(total - present)} more plus a "
-                    f"{_human(self.config.disk_margin)} margin (FLEET_AGENT_DISK_MARGIN), {_human(free)} free "
-                    f"under {self.store.cache}")
+                    f"not enough disk space: {repo}@{sha[:12]} needs {format_bytes(total - present)} more plus a "
+                    f"{format_bytes(self.config.disk_margin)} margin (FLEET_AGENT_DISK_MARGIN), "
+                    f"{format_bytes(free)} free under {self.store.cache}")
             await self.emit(command_id, "downloading", done=present, total=total)
             download = asyncio.ensure_future(in_thread(self._download, repo, sha, manifest))
             while not download.done():
@@ -216,7 +210,7 @@ class Deployer:
             await in_thread(self._verify, repo, sha)
             async with self.lock:
                 self.store.mark_staged(repo, sha, total)
-            log.info("staged %s@%s (%s)", repo, sha[:12], _human(total))
+            log.info("staged %s@%s (%s)", repo, sha[:12], format_bytes(total))
         if record.get("activate"):
             await self._activate(command_id, repo, sha)
         else:
@@ -266,7 +260,7 @@ class Deployer:
             partial.unlink()
             start = 0
         if start:
-            log.info("resuming %s at %s of %s", entry["path"], _human(start), _human(size))
+            log.info("resuming %s at %s of %s", entry["path"], format_bytes(start), format_bytes(size))
         url = hf_hub_url(repo, entry["path"], revision=sha, endpoint=self.mirror_url)
         with open(partial, "ab") as handle:
             http_get(url, handle, resume_size=start, headers=build_hf_headers(token=self.secret),
@@ -321,5 +315,5 @@ class Deployer:
             if self.store.state["active"].get(repo) == sha:
                 raise CommandFailed(f"{repo}@{sha[:12]} is the active version; activate another one first")
             freed = await in_thread(self.store.remove, repo, sha)
-        log.info("removed %s@%s (%s freed)", repo, sha[:12], _human(freed))
+        log.info("removed %s@%s (%s freed)", repo, sha[:12], format_bytes(freed))
         await self.emit(command_id, "removed")

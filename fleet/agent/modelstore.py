@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.agent.state import now_iso, write_json_atomic
+from fleet.lib.units import parse_size
 
 STATE_FILE = "deployments.json"
 MAX_COMMANDS = 200
@@ -25,13 +26,6 @@ PARTIAL = ".fleet-partial"  # a resumable download of a blob (see deployer.PREFE
 
 class ConfigError(ValueError):
     pass
-
-
-def _size(text: str) -> int:
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
-    factor = units.get(text[-1:], 1)
-    return int(float(text[:-1] if text[-1:] in units else text) * factor)
 
 
 @dataclass(frozen=True)
@@ -52,7 +46,7 @@ class DeployConfig:
         except ValueError:
             raise ConfigError(f"FLEET_AGENT_KEEP_VERSIONS={keep_raw!r} must be a whole number from 0 to 100") from None
         try:
-            margin = _size(margin_raw) if margin_raw else DEFAULT_MARGIN
+            margin = parse_size(margin_raw) if margin_raw else DEFAULT_MARGIN
             if margin < 0:
                 raise ValueError
         except ValueError:

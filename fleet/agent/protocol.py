@@ -7,6 +7,7 @@ failure becomes an ``error`` frame whose ``detail`` names the field and what is 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -386,7 +387,8 @@ def _describe(error: ValidationError, tagged: bool) -> str:
     if tagged and loc:
         loc = loc[1:]  # the first element is the discriminator value ("hello"), not a field
     # A dict key is the agent's own text: quoted and cut, so the field path stays one readable token.
-    parts = [str(part) if isinstance(part, int) or str(part).isidentifier() else repr(str(part)[:40]) for part in loc]
+    parts = ["key" if part == "[key]" else str(part) if isinstance(part, int) or str(part).isidentifier()
+             else "[" + re.sub(r"[^\w.-]", "?", str(part)[:40]) + "]" for part in loc]
     field = ".".join(parts) or "frame"
     message = first.get("msg", "invalid")[:200]
     extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""

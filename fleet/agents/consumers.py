@@ -119,7 +119,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
         await self.channel_layer.group_add(self.group, self.channel_name)
         _local[self.node_id] = self.channel_name
-        presence.ensure_sweeper()
         _ensure_command_poll()
 
     async def disconnect(self, code: int) -> None:
@@ -258,7 +257,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._send(protocol.Ack(type="ack", seq=frame.seq))  # the agent forgets these points now
         if reply is not None:
             await self._send(reply)
-        # last_seen: written for all agents at once by the telemetry flusher (hub.seen), not per agent.
+        # last_seen: written for all agents at once by the telemetry flusher (live_telemetry.seen), not per agent.
 
     async def _touch(self) -> None:
         now = time.monotonic()

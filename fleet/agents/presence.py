@@ -158,10 +158,12 @@ def ensure_sweeper() -> None:
     """Run the background loops of a server process (one task per event loop, started by the first
     websocket): the offline sweep and the coalesced fleet summary.
 
-    The embedded demo has no separate engine process and its in-memory channel layer does not cross
-    processes, so the status change must be published from inside Daphne. In production several
-    processes may sweep; the compare-and-set makes each change happen (and publish) once.
+    Only where the engine does not run inside this process (FLEET_EMBEDDED_ENGINE off, PostgreSQL):
+    there each server process sweeps and summarises its own changes; the compare-and-set makes each
+    change happen (and publish) once.
     """
+    if settings.FLEET_EMBEDDED_ENGINE:
+        return  # the engine inside this process runs both (fleet.engine.ensure_embedded)
     loop = asyncio.get_running_loop()
     task = _sweepers.get(loop)
     if task is None or task.done():

@@ -4,17 +4,7 @@ through the Models pages (which audit them)."""
 from django.contrib import admin
 
 from fleet.hub.models import Blob, HubModel, ModelVersion, NodeCommand, NodeInstall
-
-
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+from fleet.lib.admin import ReadOnlyAdmin as ReadOnly
 
 
 @admin.register(HubModel)
@@ -34,7 +24,7 @@ class ModelVersionAdmin(ReadOnly):
 
 @admin.register(Blob)
 class BlobAdmin(ReadOnly):
-    list_display = ("digest", "size", "state", "bytes_done", "attempts", "updated_at")
+    list_display = ("digest", "size", "state", "bytes_done", "attempts", "next_attempt_at", "updated_at")
     list_filter = ("state",)
     search_fields = ("digest",)
 

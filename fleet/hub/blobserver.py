@@ -66,7 +66,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "fleet-blobs"
-    timeout = 300  # seconds a silent client may hold a thread
+    timeout = 60  # seconds a silent client (or one that stops reading) may hold a connection slot
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt: str, *args) -> None:  # access lines go through logging, not stderr
@@ -178,9 +178,51 @@ class _Handler(BaseHTTPRequestHandler):
         return pos - start
 
 
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"
+        b"Content-Length: 51\r\nConnection: close\r\n\r\nthe blob server is at capacity; retry in 5 seconds\n")
+
+
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most FLEET_BLOB_MAX_CONNECTIONS at once: one more is answered 503 with
+    Retry-After on the accepting thread (which huggingface_hub and the agent's deployer retry) and closed."""
+
     daemon_threads = True
     request_queue_size = 128
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.active = 0
+        self.active_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        with self.active_lock:
+            full = self.active >= settings.FLEET_BLOB_MAX_CONNECTIONS
+            if not full:
+                self.active += 1
+        if full:
+            stats["refused"] = stats.get("refused", 0) + 1
+            try:
+                request.settimeout(2)
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self.active_lock:
+            self.active -= 1
 
 
 def ensure_started() -> int:

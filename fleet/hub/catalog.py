@@ -1,9 +1,8 @@
-"""Registering, approving and deleting model versions. Each change is one transaction with its audit row;
-the sync is nudged after commit."""
+"""Registering, approving and deleting model versions, and choosing the one `main` serves. Each change is
+one transaction with its audit row; the engine's `hub-sync` task fetches whatever became due."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from django.utils import timezone
 
 from fleet.accounts import audit
 from fleet.hub import store
+from fleet.hub.entries import FileEntry
 from fleet.hub.models import (
     ApprovalState,
     Blob,
@@ -32,18 +32,6 @@ MAX_FILES = 10_000
 
 class CatalogError(FieldError):
     """A refused catalog change, naming the form field at fault."""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    path: str
-    size: int
-    oid: str  # git blob sha1 (of the LFS pointer for LFS files)
-    lfs_sha256: str | None = None
-
-    @property
-    def digest(self) -> str:
-        return self.lfs_sha256 or self.oid
 
 
 def validate_entries(entries: list[FileEntry]) -> None:
@@ -78,7 +66,6 @@ def register_version(
     token: str | None = None,
     allow_patterns: list[str] | None = None,
     present: dict[str, bool] | None = None,
-    sync_now: bool = True,
 ) -> ModelVersion:
     """Create the version, its files and any blobs not stored yet. ``present`` marks blobs just imported."""
     if not store.valid_repo_id(repo_id):
@@ -135,8 +122,6 @@ def register_version(
             audit.record(actor, "model_version.create", version, repo=repo_id, revision=revision, sha=sha,
                          size=version.total_size, files=len(entries), source=source,
                          **({"model_created": True} if created else {}))
-            if sync_now:
-                transaction.on_commit(_kick_sync)
     except IntegrityError:
         raise CatalogError("revision", f"{repo_id}@{sha[:12]} was just registered by someone else") from None
     return version
@@ -149,20 +134,65 @@ def set_approval(actor: Any, version: ModelVersion, approve: bool) -> bool:
             approval=state, approved_by=_user(actor), approved_at=timezone.now())
         if changed:
             audit.record(actor, "model_version.approve" if approve else "model_version.reject", version)
-            if approve:
-                transaction.on_commit(_kick_sync)
+            if not approve and HubModel.objects.filter(pk=version.model_id, default_version=version).update(
+                    default_version=None):
+                audit.record(actor, "model.default_cleared", version.model, sha=version.sha, reason="rejected")
     return bool(changed)
 
 
 def retry_sync(actor: Any, version: ModelVersion) -> int:
-    """Put the failed blobs of a version back in the queue; returns how many."""
+    """Make the version's failed and waiting blobs due now (a fresh series of attempts); returns how many.
+    The engine's `hub-sync` task fetches them on its next tick."""
     with transaction.atomic():
-        count = Blob.objects.filter(files__version=version, state=BlobState.FAILED).update(
-            state=BlobState.MISSING, error="", claim_token="", lease_until=None)
-        ModelVersion.objects.filter(pk=version.pk).update(sync_state=SyncState.QUEUED, sync_error="")
-        audit.record(actor, "model_version.retry_sync", version, blobs=count)
-        transaction.on_commit(_kick_sync)
-    return count
+        blobs = Blob.objects.filter(files__version=version)
+        failed = blobs.filter(state=BlobState.FAILED).update(
+            state=BlobState.MISSING, claim_token="", lease_until=None, attempts=0, next_attempt_at=None)
+        waiting = blobs.filter(state=BlobState.MISSING, next_attempt_at__isnull=False).update(next_attempt_at=None)
+        ModelVersion.objects.filter(pk=version.pk).exclude(sync_state=SyncState.SYNCED).update(
+            sync_state=SyncState.QUEUED, sync_error="")
+        audit.record(actor, "model_version.retry_sync", version, blobs=failed + waiting)
+    return failed + waiting
+
+
+def set_default(actor: Any, version: ModelVersion | None, model: HubModel | None = None) -> bool:
+    """Mark ``version`` as what `main` serves for its repo, or (``version=None``) go back to the newest
+    approved, synced version of ``model``. Returns whether anything changed."""
+    model = model or version.model
+    if version is not None and version.approval != ApprovalState.APPROVED:
+        raise CatalogError("version", f"{version} is {version.get_approval_display().lower()}; approve it before "
+                                      "making it the default")
+    with transaction.atomic():
+        changed = HubModel.objects.filter(pk=model.pk).exclude(
+            default_version=version).update(default_version=version)
+        if changed:
+            if version is None:
+                audit.record(actor, "model.default_cleared", model)
+            else:
+                audit.record(actor, "model.default_set", model, sha=version.sha, revision=version.revision)
+    return bool(changed)
+
+
+def current_version(model: HubModel) -> ModelVersion | None:
+    """What `main` (and no revision) resolves to: the operator's default if it is approved, else the newest
+    approved, synced version, else the newest approved one (served by pull-through), else the newest."""
+    return current_versions([model]).get(model.pk)
+
+
+def current_versions(models: list[HubModel]) -> dict[int, ModelVersion]:
+    """``current_version`` of each model (model id → version), in one query."""
+    by_model: dict[int, list[ModelVersion]] = {}
+    for version in ModelVersion.objects.filter(model__in=models).order_by("-created_at", "-id"):
+        by_model.setdefault(version.model_id, []).append(version)
+    result = {}
+    for model in models:
+        versions = by_model.get(model.pk, [])  # newest first
+        approved = [v for v in versions if v.approval == ApprovalState.APPROVED]
+        chosen = (next((v for v in approved if v.pk == model.default_version_id), None)
+                  or next((v for v in approved if v.sync_state == SyncState.SYNCED), None)
+                  or next(iter(approved), None) or next(iter(versions), None))
+        if chosen is not None:
+            result[model.pk] = chosen
+    return result
 
 
 def delete_version(actor: Any, version: ModelVersion) -> int:
@@ -222,6 +252,7 @@ def refresh_sync_state(version_ids: list[int] | None = None) -> None:
         n_present=Count("files", filter=Q(files__blob__state=BlobState.PRESENT)),
         n_failed=Count("files", filter=Q(files__blob__state=BlobState.FAILED)),
         n_busy=Count("files", filter=Q(files__blob__state=BlobState.DOWNLOADING)),
+        n_waiting=Count("files", filter=Q(files__blob__state=BlobState.MISSING, files__blob__attempts__gt=0)),
     ):
         if version.n_present == version.file_count:
             state, error = SyncState.SYNCED, ""
@@ -229,6 +260,10 @@ def refresh_sync_state(version_ids: list[int] | None = None) -> None:
             first = Blob.objects.filter(files__version=version, state=BlobState.FAILED).values_list(
                 "error", flat=True).first()
             state, error = SyncState.FAILED, (first or "a file failed to download")[:500]
+        elif version.n_waiting:
+            first = Blob.objects.filter(files__version=version, state=BlobState.MISSING, attempts__gt=0).values_list(
+                "error", flat=True).first()
+            state, error = SyncState.RETRYING, (first or "a download failed; retrying")[:500]
         elif version.n_busy or version.n_present:
             state, error = SyncState.SYNCING, ""
         else:
@@ -236,12 +271,6 @@ def refresh_sync_state(version_ids: list[int] | None = None) -> None:
         if state != version.sync_state or error != version.sync_error:
             ModelVersion.objects.filter(pk=version.pk, sync_state=version.sync_state).update(
                 sync_state=state, sync_error=error, synced_at=timezone.now() if state == SyncState.SYNCED else None)
-
-
-def _kick_sync() -> None:
-    from fleet.hub import sync
-
-    sync.kick()
 
 
 def _user(actor: Any) -> Any:

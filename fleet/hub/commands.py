@@ -27,18 +27,12 @@ from fleet.hub.models import (
     NodeInstall,
 )
 from fleet.inventory.models import Node, NodeStatus
+from fleet.lib.errors import FieldError
 
 log = logging.getLogger(__name__)
 PROGRESS_WRITE_EVERY = 1.0
 AGENT_STATES = {"accepted": CommandState.SENT, **{state.value: state for state in CommandState}}
 _last_progress: dict[str, float] = {}
-
-
-class CommandError(Exception):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 def _final_states(command: NodeCommand) -> set[str]:
@@ -53,24 +47,24 @@ def create(actor: Any, node: Node, kind: str, version: ModelVersion | None = Non
            repo: str = "") -> NodeCommand:
     """Queue a command for ``node``; the agent gets it after commit (now if connected, else on reconnect)."""
     if kind not in CommandKind.values:
-        raise CommandError("kind", f"kind must be one of {', '.join(CommandKind.values)}")
+        raise FieldError("kind", f"kind must be one of {', '.join(CommandKind.values)}")
     if node.status == NodeStatus.REVOKED:
-        raise CommandError("node", f"{node.name} is revoked; it can no longer receive commands")
+        raise FieldError("node", f"{node.name} is revoked; it can no longer receive commands")
     if kind != CommandKind.ROLLBACK:
         if version is None:
-            raise CommandError("version", "choose a model version")
+            raise FieldError("version", "choose a model version")
         if version.approval != ApprovalState.APPROVED:
-            raise CommandError("version", f"{version} is not approved; an admin must approve it first")
+            raise FieldError("version", f"{version} is not approved; an admin must approve it first")
         repo = version.model.repo_id
     installed = NodeInstall.objects.filter(node=node, repo=repo, sha=version.sha if version else "").first()
     if kind == CommandKind.ACTIVATE and installed is None:
-        raise CommandError("version", f"{version} is not staged on {node.name}; deploy it there first")
+        raise FieldError("version", f"{version} is not staged on {node.name}; deploy it there first")
     if kind == CommandKind.REMOVE and installed is not None and installed.state == InstallState.ACTIVE:
-        raise CommandError("version", f"{version} is active on {node.name}; activate another version first")
+        raise FieldError("version", f"{version} is active on {node.name}; activate another version first")
     busy = NodeCommand.objects.filter(node=node, repo=repo, sha=version.sha if version else "", kind=kind,
                                       finished_at__isnull=True).first()
     if busy is not None:
-        raise CommandError("version", f"a {kind} of {repo} to {node.name} is already in progress "
+        raise FieldError("version", f"a {kind} of {repo} to {node.name} is already in progress "
                                       f"({busy.get_state_display().lower()})")
     with transaction.atomic():
         command = NodeCommand.objects.create(
@@ -222,3 +216,32 @@ def mirror_url(scope: dict) -> str:
         host = f"{server[0]}:{server[1]}"
     scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
     return f"{scheme}://{host}/hf"
+
+
+
+def ensure(actor: Any, items: list[tuple[Node | int, str, ModelVersion, str]], *, activate: bool = False
+           ) -> list[str]:
+    """Queue commands under stable ids chosen by the caller (rollouts, deployments), each ``(node, kind,
+    version, command_id)``: an id that exists already is left alone, so a resent command is never done
+    twice. Returns the ids it created; ``activate`` makes deploy commands activate once staged. The caller
+    orders the steps (stage before activate), so the checks of `create` that guard a person's clicks do not
+    apply. Two queries for any number of commands; call it inside the caller's transaction (agents are
+    told after commit)."""
+    if any(kind not in (CommandKind.DEPLOY, CommandKind.ACTIVATE) for _, kind, _, _ in items):
+        raise FieldError("kind", "rollouts queue deploy and activate commands only")
+    existing = set(NodeCommand.objects.filter(command_id__in=[item[3] for item in items])
+                   .values_list("command_id", flat=True))
+    user = actor if getattr(actor, "pk", None) else None
+    new, seen = [], set(existing)
+    for node, kind, version, command_id in items:
+        if command_id in seen:
+            continue
+        seen.add(command_id)
+        new.append(NodeCommand(
+            command_id=command_id, node_id=getattr(node, "pk", node), kind=kind, version=version,
+            repo=version.model.repo_id, sha=version.sha, created_by=user, activate=activate and kind == "deploy",
+            bytes_total=version.total_size if kind == CommandKind.DEPLOY else 0))
+    NodeCommand.objects.bulk_create(new)
+    for command in new:  # logged by the caller (RolloutEvent rows); the operator's act is in the audit log
+        events.publish(events.node_group(command.node_id), {"type": "agent.command", "command_id": command.command_id})
+    return [command.command_id for command in new]

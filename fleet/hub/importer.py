@@ -14,7 +14,8 @@ from typing import Any
 from huggingface_hub.utils import filter_repo_objects
 
 from fleet.hub import store
-from fleet.hub.catalog import CatalogError, FileEntry, find_version, register_version
+from fleet.hub.catalog import CatalogError, find_version, register_version
+from fleet.hub.entries import FileEntry
 from fleet.hub.models import ModelVersion, SourceKind
 
 LFS_SIZE = 10 * 1024 * 1024  # the Hub stores files this big (and binary weights of any size) with LFS
@@ -24,16 +25,26 @@ SKIP = [".git/*", ".cache/*", "*/.cache/*", ".DS_Store", "*.lock"]
 
 
 def scan(folder: Path, allow_patterns: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(repo path, file) pairs to import. A symbolic link is followed only to a file inside ``folder``: one
+    that leads out of it is refused (an import must not read /etc/shadow because a link said so)."""
     if not folder.is_dir():
         raise CatalogError("path", f"{folder} is not a folder")
+    root = folder.resolve()
     files = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             path = Path(dirpath) / name
-            if path.is_symlink() and not path.resolve().is_file():
-                continue
-            files[path.relative_to(folder).as_posix()] = path
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    raise CatalogError("path", f"{rel} is a link to {target}, outside {folder}; copy the files "
+                                               "into the folder (cp -rL) and import that copy")
+                if not target.is_file():
+                    continue
+                path = target
+            files[rel] = path
     kept = filter_repo_objects(sorted(files), allow_patterns=allow_patterns or None, ignore_patterns=SKIP)
     return [(rel, files[rel]) for rel in kept]
 

@@ -14,16 +14,18 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from fleet.accounts.apikeys import authenticate_api_key
-from fleet.hub import blobserver, store, sync
+from fleet.hub import blobserver, catalog, store
 from fleet.hub.models import ApprovalState, Blob, BlobState, HubModel, ModelVersion, VersionFile
 from fleet.inventory.services import authenticate_node
 from fleet.lib.http import request_bearer
 
 log = logging.getLogger(__name__)
 MAX_LIST = 1000
+DEFAULT_REVISIONS = {"", "main"}  # what HF clients ask for when given no revision
 
 
 def _error(status: int, code: str | None, message: str, commit: str | None = None) -> HttpResponse:
@@ -63,7 +65,9 @@ def _find(repo_id: str, revision: str) -> tuple[ModelVersion | None, HttpRespons
     if model is None:
         return None, _error(404, "RepoNotFound", f"Repository {repo_id} is not registered in this Fleet mirror")
     versions = ModelVersion.objects.filter(model=model)
-    if store.SHA.match(revision):
+    if revision in DEFAULT_REVISIONS:
+        version = catalog.current_version(model)
+    elif store.SHA.match(revision):
         version = versions.filter(sha=revision).first()
     else:
         version = (versions.filter(revision=revision, approval=ApprovalState.APPROVED).order_by("-created_at").first()
@@ -86,21 +90,20 @@ def _modified(version: ModelVersion) -> str:
 @require_http_methods(["GET"])
 @hub_auth
 def list_models(request: HttpRequest) -> HttpResponse:
-    versions = (ModelVersion.objects.filter(approval=ApprovalState.APPROVED).select_related("model")
-                .order_by("model__repo_id", "-created_at"))
+    models = list(HubModel.objects.filter(versions__approval=ApprovalState.APPROVED).distinct().order_by("repo_id"))
+    current = catalog.current_versions(models)
     search = request.GET.get("search", "").strip().lower()
     author = request.GET.get("author", "").strip().lower()
     try:
         limit = max(1, min(MAX_LIST, int(request.GET.get("limit") or MAX_LIST)))
     except ValueError:
         return _error(400, None, "limit: give a whole number")
-    seen, items = set(), []
-    for version in versions:
-        repo_id = version.model.repo_id
-        if repo_id in seen or (search and search not in repo_id.lower()) or \
+    items = []
+    for model in models:
+        repo_id, version = model.repo_id, current.get(model.pk)
+        if version is None or (search and search not in repo_id.lower()) or \
                 (author and repo_id.split("/")[0].lower() != author):
             continue
-        seen.add(repo_id)
         items.append({"id": repo_id, "modelId": repo_id, "sha": version.sha, "lastModified": _modified(version),
                       "private": False, "gated": False, "tags": []})
     return JsonResponse(items[:limit], safe=False)
@@ -191,8 +194,15 @@ def resolve(request: HttpRequest, repo_id: str, revision: str, path: str) -> Htt
         if blob.state == BlobState.FAILED:
             return _error(502, None, f"fetching {path} from upstream failed: {blob.error}; an operator can retry "
                                      "the sync on the Models page")
-        if not present:
-            sync.submit(blob.pk)  # pull-through: whoever wins the claim fetches it once; this GET follows it
+        if blob.state == BlobState.MISSING and blob.next_attempt_at and blob.next_attempt_at > timezone.now():
+            # Waiting out a backoff after an upstream failure: say so instead of holding the client.
+            wait = max(1, int((blob.next_attempt_at - timezone.now()).total_seconds()) + 1)
+            response = _error(503, None, f"fetching {path} from upstream failed ({blob.error}); the mirror retries "
+                                         f"in {wait} s (attempt {blob.attempts + 1})", version.sha)
+            response["Retry-After"] = str(wait)
+            return response
+        # Not stored yet: the engine's hub-sync task fetches it (once, whoever asks); the blob server this
+        # redirect leads to follows the partial file as it grows.
         response = _redirect(request, blob.digest, file.size, present)
     else:
         response = HttpResponse(status=200)

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import models
 
 from fleet.inventory.models import Node
+from fleet.lib.choices import ColouredChoices
+from fleet.lib.units import percent
 
 
 class SourceKind(models.TextChoices):
@@ -25,6 +27,9 @@ class HubModel(models.Model):
     upstream = models.CharField(max_length=300, blank=True, help_text="Endpoint it was resolved against.")
     token_encrypted = models.TextField(blank=True, help_text="Per-model upstream token (Fernet); never shown.")
     allow_patterns = models.JSONField(default=list, blank=True)
+    default_version = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="What `main` (and no revision) serves; empty: the newest approved, synced version.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -40,25 +45,18 @@ class HubModel(models.Model):
         return bool(self.token_encrypted)
 
 
-class ApprovalState(models.TextChoices):
-    PENDING = "pending", "Awaiting approval"
-    APPROVED = "approved", "Approved"
-    REJECTED = "rejected", "Rejected"
-
-    @property
-    def colour(self) -> str:
-        return {"pending": "amber", "approved": "green", "rejected": "red"}[self.value]
+class ApprovalState(ColouredChoices):
+    PENDING = "pending", "Awaiting approval", "amber"
+    APPROVED = "approved", "Approved", "green"
+    REJECTED = "rejected", "Rejected", "red"
 
 
-class SyncState(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    SYNCING = "syncing", "Syncing"
-    SYNCED = "synced", "Synced"
-    FAILED = "failed", "Failed"
-
-    @property
-    def colour(self) -> str:
-        return {"queued": "grey", "syncing": "amber", "synced": "green", "failed": "red"}[self.value]
+class SyncState(ColouredChoices):
+    QUEUED = "queued", "Queued", "grey"
+    SYNCING = "syncing", "Syncing", "amber"
+    RETRYING = "retrying", "Retrying", "amber"
+    SYNCED = "synced", "Synced", "green"
+    FAILED = "failed", "Failed", "red"
 
 
 class ModelVersion(models.Model):
@@ -103,19 +101,20 @@ class ModelVersion(models.Model):
         return self.approval == ApprovalState.APPROVED
 
 
-class BlobState(models.TextChoices):
-    MISSING = "missing", "Missing"
-    DOWNLOADING = "downloading", "Downloading"
-    PRESENT = "present", "Present"
-    FAILED = "failed", "Failed"
-
-    @property
-    def colour(self) -> str:
-        return {"missing": "grey", "downloading": "amber", "present": "green", "failed": "red"}[self.value]
+class BlobState(ColouredChoices):
+    MISSING = "missing", "Missing", "grey"
+    DOWNLOADING = "downloading", "Downloading", "amber"
+    PRESENT = "present", "Present", "green"
+    FAILED = "failed", "Failed", "red"
 
 
 class Blob(models.Model):
-    """One stored file body. ``claim_token``/``lease_until`` make sure only one process downloads it."""
+    """One stored file body. ``claim_token``/``lease_until`` make sure only one process downloads it.
+
+    A transient failure leaves it ``missing`` with ``attempts`` counted and ``next_attempt_at`` set by
+    exponential backoff; after FLEET_HUB_SYNC_MAX_ATTEMPTS (or a failure retrying cannot fix) it is
+    ``failed`` until an operator retries.
+    """
 
     digest = models.CharField(max_length=64, unique=True)
     size = models.BigIntegerField()
@@ -124,11 +123,21 @@ class Blob(models.Model):
     claim_token = models.CharField(max_length=32, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
-    error = models.CharField(max_length=500, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True,
+                                           help_text="Not fetched again before this time (backoff after a failure).")
+    error = models.CharField(max_length=500, blank=True, help_text="The last download error.")
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"blob {self.digest[:12]}"
+
+    @property
+    def state_colour(self) -> str:
+        return BlobState(self.state).colour
+
+    @property
+    def retrying(self) -> bool:
+        return self.state == BlobState.MISSING and self.attempts > 0
 
     @property
     def algorithm(self) -> str:
@@ -171,24 +180,16 @@ class CommandKind(models.TextChoices):
     ROLLBACK = "rollback", "Roll back"
 
 
-class CommandState(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENT = "sent", "Sent"
-    DOWNLOADING = "downloading", "Downloading"
-    VERIFYING = "verifying", "Verifying"
-    STAGED = "staged", "Staged"
-    ACTIVATING = "activating", "Activating"
-    ACTIVE = "active", "Active"
-    REMOVED = "removed", "Removed"
-    FAILED = "failed", "Failed"
-
-    @property
-    def colour(self) -> str:
-        return {"staged": "green", "active": "green", "removed": "grey", "failed": "red",
-                "pending": "grey", "sent": "grey"}.get(self.value, "amber")
-
-
-TERMINAL_COMMAND_STATES = {CommandState.ACTIVE, CommandState.REMOVED, CommandState.FAILED}
+class CommandState(ColouredChoices):
+    PENDING = "pending", "Pending", "grey"
+    SENT = "sent", "Sent", "grey"
+    DOWNLOADING = "downloading", "Downloading", "amber"
+    VERIFYING = "verifying", "Verifying", "amber"
+    STAGED = "staged", "Staged", "green"
+    ACTIVATING = "activating", "Activating", "amber"
+    ACTIVE = "active", "Active", "green"
+    REMOVED = "removed", "Removed", "grey"
+    FAILED = "failed", "Failed", "red"
 
 
 class NodeCommand(models.Model):
@@ -230,16 +231,12 @@ class NodeCommand(models.Model):
 
     @property
     def percent(self) -> int:
-        return int(100 * self.bytes_done / self.bytes_total) if self.bytes_total else 0
+        return percent(self.bytes_done, self.bytes_total)
 
 
-class InstallState(models.TextChoices):
-    STAGED = "staged", "Staged"
-    ACTIVE = "active", "Active"
-
-    @property
-    def colour(self) -> str:
-        return {"staged": "grey", "active": "green"}[self.value]
+class InstallState(ColouredChoices):
+    STAGED = "staged", "Staged", "grey"
+    ACTIVE = "active", "Active", "green"
 
 
 class NodeInstall(models.Model):

@@ -31,7 +31,7 @@ def preview(repo_id: str, revision: str, token: str = "", allow_patterns: list[s
 
 
 def add_version(actor: Any, repo_id: str, revision: str, token: str = "", allow_patterns: list[str] | None = None,
-                expect_sha: str = "", sync_now: bool = True) -> ModelVersion:
+                expect_sha: str = "") -> ModelVersion:
     """Resolve again and register. ``expect_sha`` (from the preview) refuses a revision that moved meanwhile."""
     resolved = preview(repo_id, revision, token, allow_patterns)
     if expect_sha and resolved.sha != expect_sha:
@@ -39,4 +39,4 @@ def add_version(actor: Any, repo_id: str, revision: str, token: str = "", allow_
                                        "check the new file list and confirm again")
     return register_version(actor, repo_id=repo_id, revision=revision, sha=resolved.sha, entries=resolved.entries,
                             source=SourceKind.UPSTREAM, upstream=upstream.endpoint(), token=token or None,
-                            allow_patterns=allow_patterns or [], sync_now=sync_now)
+                            allow_patterns=allow_patterns or [])

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from django.conf import settings
 
+from fleet.lib.errors import FieldError
+from fleet.lib.units import format_bytes
+
 DIGEST = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -102,15 +105,6 @@ def lfs_pointer_oid(sha256: str, size: int) -> str:
 # ---- disk -----------------------------------------------------------------------------------------
 
 
-def human_size(value: int) -> str:
-    size, unit = float(value), 0
-    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-    while size >= 1024 and unit < len(units) - 1:
-        size /= 1024
-        unit += 1
-    return f"{int(size)} B" if unit == 0 else f"{size:.1f} {units[unit]}"
-
-
 def free_bytes() -> int:
     path = root()
     path.mkdir(parents=True, exist_ok=True)
@@ -123,8 +117,8 @@ def check_free_space(needed: int) -> None:
     margin = settings.FLEET_HUB_DISK_MARGIN
     if needed + margin > free:
         raise StoreError(
-            f"not enough disk space under {root()}: needs {human_size(needed)} plus a "
-            f"{human_size(margin)} margin (FLEET_HUB_DISK_MARGIN), {human_size(free)} free"
+            f"not enough disk space under {root()}: needs {format_bytes(needed)} plus a "
+            f"{format_bytes(margin)} margin (FLEET_HUB_DISK_MARGIN), {format_bytes(free)} free"
         )
 
 
@@ -151,12 +145,25 @@ def install_file(source: Path, digest: str) -> Path:
 # ---- upstream tokens, encrypted at rest ---------------------------------------------------------------
 
 
-def _fernet():
+class TokenKeyError(FieldError):
+    """A stored upstream token that no configured key decrypts."""
+
+
+def _fernet_for(secret: str):
     from cryptography.fernet import Fernet
 
-    secret = settings.FLEET_HUB_TOKEN_KEY or settings.SECRET_KEY
     key = hashlib.sha256(b"fleet.hub.token:" + secret.encode()).digest()
     return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _fernet():
+    """Encrypts with FLEET_HUB_TOKEN_KEY (else SECRET_KEY); decrypts with it or any FLEET_HUB_TOKEN_OLD_KEYS,
+    so a key change loses no stored token (they move to the new key as they are saved again)."""
+    from cryptography.fernet import MultiFernet
+
+    current = settings.FLEET_HUB_TOKEN_KEY or settings.SECRET_KEY
+    readers = [*settings.FLEET_HUB_TOKEN_OLD_KEYS, settings.SECRET_KEY]  # SECRET_KEY: the key before one was set
+    return MultiFernet([_fernet_for(current), *(_fernet_for(old) for old in readers if old != current)])
 
 
 def encrypt_token(token: str) -> str:
@@ -164,7 +171,7 @@ def encrypt_token(token: str) -> str:
 
 
 def decrypt_token(ciphertext: str) -> str:
-    """The plaintext token; "" when none is stored or the key changed (the operator must set it again)."""
+    """The plaintext token ("" when none is stored). Raises TokenKeyError when no configured key opens it."""
     if not ciphertext:
         return ""
     from cryptography.fernet import InvalidToken
@@ -172,4 +179,7 @@ def decrypt_token(ciphertext: str) -> str:
     try:
         return _fernet().decrypt(ciphertext.encode()).decode()
     except InvalidToken:
-        return ""
+        raise TokenKeyError(
+            "token", "the stored upstream token cannot be decrypted with FLEET_HUB_TOKEN_KEY (or SECRET_KEY) nor any "
+                     "key in FLEET_HUB_TOKEN_OLD_KEYS: put the key it was saved with in FLEET_HUB_TOKEN_OLD_KEYS, "
+                     "or enter the token again") from None

@@ -1,9 +1,13 @@
 """Fetching blobs from upstream into the store: exactly one download per blob across every process.
 
-A download starts with a compare-and-set claim on the Blob row (a random token and a lease). The holder
-renews the lease as bytes arrive; a holder that died stops renewing and its claim can be taken over, and
-the new holder resumes from the partial file. Sync jobs (the engine's `hub-sync` task) and pull-through
-requests from the mirror both go through `fetch_blob`, so they never fetch the same blob twice.
+Downloads run only in the engine's `hub-sync` task (`tick`), on a small worker pool it owns; web requests
+never download, they only make a blob due now (`nudge`). A download starts with a compare-and-set claim on
+the Blob row (a random token and a lease). The holder renews the lease as bytes arrive; a holder that died
+stops renewing and its claim can be taken over, and the new holder resumes from the partial file.
+
+A failure that retrying can fix (network, a 5xx from upstream, a full disk) puts the blob back as missing
+with ``next_attempt_at`` pushed out by exponential backoff; one it cannot fix (checksum mismatch, gated,
+unauthorized, gone upstream) or too many attempts mark it failed until an operator retries.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -21,23 +25,32 @@ from django.utils import timezone
 
 from fleet.hub import catalog, store, upstream
 from fleet.hub.models import ApprovalState, Blob, BlobState, SourceKind, VersionFile
+from fleet.lib import backoff
 
 log = logging.getLogger(__name__)
-RENEW_EVERY = 5.0
+
+# Upstream error codes (see upstream.explain) that the same request cannot fix by being repeated.
+PERMANENT = {"gated", "unauthorized", "repo_not_found", "revision_not_found", "checksum", "offline", "no_source",
+             "token_key"}
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
-_queued: set[int] = set()  # blob ids submitted in this process and not finished
+_queued: set[int] = set()  # blob ids submitted to this process's pool and not finished
+
+
+def _due(now: datetime) -> Q:
+    return (Q(state=BlobState.MISSING) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))) | \
+        Q(state=BlobState.DOWNLOADING, lease_until__lt=now)
 
 
 def claim(blob_id: int) -> str | None:
-    """Take the download of a blob: a token if this caller won, None if it is present or someone else has it."""
+    """Take the download of a blob: a token if this caller won, None if it is present, someone else has it,
+    or its next attempt is not due yet."""
     token = secrets.token_hex(16)
     now = timezone.now()
     lease = now + timedelta(seconds=settings.FLEET_HUB_LEASE)
-    won = Blob.objects.filter(pk=blob_id).filter(
-        Q(state=BlobState.MISSING) | Q(state=BlobState.DOWNLOADING, lease_until__lt=now)
-    ).update(state=BlobState.DOWNLOADING, claim_token=token, lease_until=lease, error="")
+    won = Blob.objects.filter(pk=blob_id).filter(_due(now)).update(
+        state=BlobState.DOWNLOADING, claim_token=token, lease_until=lease)
     return token if won else None
 
 
@@ -51,8 +64,27 @@ class _LostClaim(Exception):
     pass
 
 
+def retry_delay(attempts: int) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt."""
+    return backoff.delay(attempts, settings.FLEET_HUB_RETRY_BASE, settings.FLEET_HUB_RETRY_MAX)
+
+
+def _failed(blob: Blob, token: str, message: str, code: str) -> None:
+    attempts = blob.attempts + 1
+    final = code in PERMANENT or attempts >= settings.FLEET_HUB_SYNC_MAX_ATTEMPTS
+    if final:
+        log.warning("download of %s failed (attempt %d, giving up): %s", blob, attempts, message)
+        changes = {"state": BlobState.FAILED, "next_attempt_at": None}
+    else:
+        wait = retry_delay(attempts)
+        log.warning("download of %s failed (attempt %d, retrying in %.0f s): %s", blob, attempts, wait, message)
+        changes = {"state": BlobState.MISSING, "next_attempt_at": timezone.now() + timedelta(seconds=wait)}
+    Blob.objects.filter(pk=blob.pk, claim_token=token).update(
+        error=message[:500], claim_token="", lease_until=None, attempts=attempts, **changes)
+
+
 def fetch_blob(blob_id: int) -> bool:
-    """Download one blob if nobody else is; True when this call stored it."""
+    """Download one blob if it is due and nobody else is fetching it; True when this call stored it."""
     token = claim(blob_id)
     if token is None:
         return False
@@ -61,7 +93,7 @@ def fetch_blob(blob_id: int) -> bool:
               .filter(blob_id=blob_id, version__source=SourceKind.UPSTREAM).order_by("-version__created_at").first())
     try:
         if source is None:
-            raise upstream.UpstreamError("repo", "no upstream version lists this file; import it again")
+            raise upstream.UpstreamError("repo", "no upstream version lists this file; import it again", "no_source")
         partial = store.partial_path(blob.digest)
         already = partial.stat().st_size if partial.exists() else 0
         store.check_free_space(blob.size - already)
@@ -78,15 +110,21 @@ def fetch_blob(blob_id: int) -> bool:
     except _LostClaim:
         log.warning("lost the claim on %s; another process carries on", blob)
         return False
-    except (upstream.UpstreamError, store.StoreError, OSError) as error:
-        message = getattr(error, "message", None) or str(error)
-        log.warning("download of %s failed: %s", blob, message)
-        Blob.objects.filter(pk=blob_id, claim_token=token).update(
-            state=BlobState.FAILED, error=message[:500], claim_token="", lease_until=None, attempts=blob.attempts + 1)
+    except upstream.UpstreamError as error:
+        _failed(blob, token, error.message, error.code)
+        _refresh_versions(blob_id)
+        return False
+    except store.TokenKeyError as error:
+        _failed(blob, token, error.message, "token_key")
+        _refresh_versions(blob_id)
+        return False
+    except (store.StoreError, OSError) as error:
+        _failed(blob, token, str(error), "local")
         _refresh_versions(blob_id)
         return False
     Blob.objects.filter(pk=blob_id, claim_token=token).update(
-        state=BlobState.PRESENT, bytes_done=blob.size, claim_token="", lease_until=None, error="")
+        state=BlobState.PRESENT, bytes_done=blob.size, claim_token="", lease_until=None, error="", attempts=0,
+        next_attempt_at=None)
     _refresh_versions(blob_id)
     log.info("stored %s", blob)
     return True
@@ -98,12 +136,16 @@ def _refresh_versions(blob_id: int) -> None:
 
 
 def wanted_blobs() -> list[int]:
-    """Blobs that approved versions need and nobody is fetching (or whose fetcher died)."""
-    now = timezone.now()
+    """Blobs that approved upstream versions need, that are due, and that nobody is fetching (or whose
+    fetcher died)."""
     return list(Blob.objects.filter(
         files__version__approval=ApprovalState.APPROVED, files__version__source=SourceKind.UPSTREAM,
-    ).filter(Q(state=BlobState.MISSING) | Q(state=BlobState.DOWNLOADING, lease_until__lt=now))
-        .values_list("pk", flat=True).distinct()[:1000])
+    ).filter(_due(timezone.now())).values_list("pk", flat=True).distinct()[:1000])
+
+
+def nudge(blob_ids: list[int]) -> int:
+    """Make missing blobs due now (skipping their backoff); the engine's next tick fetches them. Returns how many."""
+    return Blob.objects.filter(pk__in=blob_ids, state=BlobState.MISSING).update(next_attempt_at=None)
 
 
 def _run(blob_id: int) -> None:
@@ -118,8 +160,7 @@ def _run(blob_id: int) -> None:
         connection.close()
 
 
-def submit(blob_id: int) -> None:
-    """Fetch a blob in this process's background pool (no-op when already queued here)."""
+def _submit(blob_id: int) -> None:
     global _executor
     with _lock:
         if blob_id in _queued:
@@ -132,22 +173,13 @@ def submit(blob_id: int) -> None:
 
 
 def tick() -> int:
-    """The engine task: queue every wanted blob and refresh version states. Returns how many were queued."""
-    blob_ids = wanted_blobs()
+    """The engine's `hub-sync` task: start every due blob on the engine's download pool and refresh version
+    states. Returns how many downloads were started."""
+    blob_ids = [] if settings.FLEET_HF_OFFLINE else wanted_blobs()
     for blob_id in blob_ids:
-        submit(blob_id)
+        _submit(blob_id)
     catalog.refresh_sync_state()
     return len(blob_ids)
-
-
-def kick() -> None:
-    """Start syncing now, in this process (after a version is added or approved)."""
-    if settings.FLEET_HF_OFFLINE:
-        return
-    try:
-        tick()
-    except Exception:
-        log.exception("hub sync kick failed; the engine retries")
 
 
 def wait_idle(timeout: float = 60) -> bool:

@@ -27,7 +27,7 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 
 from fleet.hub import store
-from fleet.hub.catalog import FileEntry
+from fleet.hub.entries import FileEntry
 from fleet.lib.errors import FieldError
 
 log = logging.getLogger(__name__)

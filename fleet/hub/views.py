@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -17,7 +18,10 @@ from fleet.hub import catalog, commands, services, store, upstream
 from fleet.hub.forms import AddModelForm, DeployForm
 from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
 from fleet.inventory.models import Node
+from fleet.lib.errors import FieldError
 from fleet.lib.http import paginate, safe_next
+from fleet.lib.ids import parse_id, parse_id_list
+from fleet.lib.units import format_bytes, percent
 
 VERSIONS_PER_PAGE = 50
 PREVIEW_KEY = "hub_preview"
@@ -38,9 +42,11 @@ def model_list(request: HttpRequest) -> HttpResponse:
     rows = list(page.object_list)
     progress = catalog.version_progress(rows)
     installs = _installs_by_version(rows)
+    current = {v.pk for v in catalog.current_versions(list({v.model_id: v.model for v in rows}.values())).values()}
     for version in rows:
+        version.serves_main = version.pk in current
         version.bytes_done = progress.get(version.pk, 0)
-        version.percent = int(100 * version.bytes_done / version.total_size) if version.total_size else 100
+        version.percent = percent(version.bytes_done, version.total_size, empty=100)
         version.node_installs = installs.get(version.pk, [])
     return render(request, "hub/model_list.html", {"page": page, "versions": rows,
                                                   "free_bytes": _free_bytes()})
@@ -66,7 +72,10 @@ def model_add(request: HttpRequest) -> HttpResponse:
         # in the server-side session under a one-time id.
         token = data["token"]
         if confirm and not token and pending.get("id") == request.POST.get("preview_id"):
-            token = store.decrypt_token(pending.get("token", ""))
+            try:
+                token = store.decrypt_token(pending.get("token", ""))
+            except store.TokenKeyError:
+                token = ""  # the key changed since the preview: the stored or global token applies
         try:
             if confirm:
                 version = services.add_version(request.user, data["repo"], data["revision"], token,
@@ -74,13 +83,13 @@ def model_add(request: HttpRequest) -> HttpResponse:
                                                expect_sha=request.POST.get("expect_sha", ""))
                 request.session.pop(PREVIEW_KEY, None)
                 messages.success(request, f"Added {version.model.repo_id}@{version.sha[:12]} "
-                                          f"({store.human_size(version.total_size)}); "
+                                          f"({format_bytes(version.total_size)}); "
                                           + ("it syncs now." if version.servable else "an admin must approve it."))
                 return redirect("hub-version", pk=version.pk)
             preview = services.preview(data["repo"], data["revision"], token, data["allow_patterns"] or None)
             preview_id = secrets.token_urlsafe(12)
             request.session[PREVIEW_KEY] = {"id": preview_id, "token": store.encrypt_token(token)}
-        except (upstream.UpstreamError, catalog.CatalogError) as error:
+        except (upstream.UpstreamError, catalog.CatalogError, store.TokenKeyError) as error:
             field = error.field if error.field in form.fields else None
             form.add_error(field, error.message)
             preview = None
@@ -93,13 +102,19 @@ def model_add(request: HttpRequest) -> HttpResponse:
 def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     version = get_object_or_404(ModelVersion.objects.select_related("model", "created_by", "approved_by"), pk=pk)
     version.bytes_done = catalog.version_progress([version]).get(version.pk, 0)
-    version.percent = int(100 * version.bytes_done / version.total_size) if version.total_size else 100
+    version.percent = percent(version.bytes_done, version.total_size, empty=100)
     files = list(version.files.select_related("blob"))
+    waiting = [f.blob for f in files if f.blob.retrying and f.blob.next_attempt_at]
+    next_retry = min(waiting, key=lambda blob: blob.next_attempt_at) if waiting else None
+    current = catalog.current_version(version.model)
     installs = list(version.installs.select_related("node").order_by("-state", "node__name"))
     recent = list(NodeCommand.objects.filter(version=version).select_related("node", "created_by")[:50])
     deploy_form = DeployForm(initial={"version": version.pk}) if request.user.has_role("operator") else None
     return render(request, "hub/version_detail.html", {
         "version": version, "files": files, "installs": installs, "recent": recent, "deploy_form": deploy_form,
+        "next_retry": next_retry, "max_attempts": settings.FLEET_HUB_SYNC_MAX_ATTEMPTS,
+        "is_current": current is not None and current.pk == version.pk, "current": current,
+        "is_default": version.model.default_version_id == version.pk,
         "mirror_example": f"HF_ENDPOINT={request.build_absolute_uri('/hf').rstrip('/')}",
     })
 
@@ -118,7 +133,20 @@ def version_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         return redirect("hub-version", pk=pk)
     if action == "retry":
         count = catalog.retry_sync(request.user, version)
-        messages.success(request, f"Retrying {count} failed file{'s' if count != 1 else ''} of {label}.")
+        messages.success(request, f"Retrying {count} file{'s' if count != 1 else ''} of {label} now.")
+        return redirect("hub-version", pk=pk)
+    if action in ("default", "undefault"):
+        try:
+            changed = catalog.set_default(request.user, version if action == "default" else None, version.model)
+        except catalog.CatalogError as error:
+            messages.error(request, f"{error.field}: {error.message}")
+            return redirect("hub-version", pk=pk)
+        if action == "default":
+            messages.success(request, f"`main` of {version.model.repo_id} now serves {label}." if changed
+                             else f"{label} already was the default.")
+        else:
+            messages.success(request, f"`main` of {version.model.repo_id} serves the newest approved, synced "
+                                      "version again.")
         return redirect("hub-version", pk=pk)
     if action == "delete":
         try:
@@ -126,7 +154,7 @@ def version_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         except catalog.CatalogError as error:
             messages.error(request, error.message)
             return redirect("hub-version", pk=pk)
-        messages.success(request, f"Deleted {label}; {store.human_size(freed)} of unshared files freed.")
+        messages.success(request, f"Deleted {label}; {format_bytes(freed)} of unshared files freed.")
         return redirect("hub-models")
     messages.error(request, f"unknown action {action!r}")
     return redirect("hub-version", pk=pk)
@@ -145,7 +173,7 @@ def deploy(request: HttpRequest) -> HttpResponse:
     node, version = form.cleaned_data["node"], form.cleaned_data["version"]
     try:
         commands.create(request.user, node, CommandKind.DEPLOY, version, activate=form.cleaned_data["activate"])
-    except commands.CommandError as error:
+    except FieldError as error:
         messages.error(request, f"{error.field}: {error.message}")
     else:
         messages.success(request, f"Deploying {version} to {node.name}"
@@ -162,13 +190,13 @@ def node_command(request: HttpRequest, node_pk: int, kind: str) -> HttpResponse:
         messages.error(request, f"kind: {kind!r} is not a node command here; use activate or remove")
         return redirect(fallback)
     try:
-        version = ModelVersion.objects.select_related("model").get(pk=int(request.POST.get("version", "")))
+        version = ModelVersion.objects.select_related("model").get(pk=parse_id(request.POST.get("version", "")))
     except (ValueError, ModelVersion.DoesNotExist):
         messages.error(request, "version: choose a registered model version")
         return redirect(safe_next(request, fallback))
     try:
         commands.create(request.user, node, kind, version)
-    except commands.CommandError as error:
+    except FieldError as error:
         messages.error(request, f"{error.field}: {error.message}")
     else:
         messages.success(request, f"{kind.capitalize()} {version} on {node.name}: sent.")
@@ -180,14 +208,15 @@ def progress(request: HttpRequest) -> JsonResponse:
     """Sync progress of versions and progress of node commands, for the pages' progress bars."""
     def ids(name: str) -> list[int] | None:
         try:
-            values = sorted({int(part) for part in request.GET.get(name, "").split(",") if part.strip()})
+            values = parse_id_list(request.GET.get(name, ""))
         except ValueError:
             return None
         return values[:200]
 
     version_ids, command_ids = ids("versions"), ids("commands")
     if version_ids is None or command_ids is None:
-        return JsonResponse({"error": "versions, commands: give ids as comma-separated integers"}, status=400)
+        return JsonResponse({"error": "versions, commands: give ids as comma-separated whole numbers "
+                                      "(1 to 2**63-1)"}, status=400)
     versions = list(ModelVersion.objects.filter(pk__in=version_ids))
     done = catalog.version_progress(versions)
     payload = {

@@ -4,21 +4,19 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from fleet.lib.choices import ColouredChoices
+
 
 class NodeKind(models.TextChoices):
     GPU_SERVER = "gpu_server", "GPU server"
     EDGE_DEVICE = "edge_device", "Edge device"
 
 
-class NodeStatus(models.TextChoices):
-    NEVER_SEEN = "never_seen", "Never seen"
-    ONLINE = "online", "Online"
-    OFFLINE = "offline", "Offline"
-    REVOKED = "revoked", "Revoked"
-
-    @property
-    def colour(self) -> str:
-        return {"never_seen": "grey", "online": "green", "offline": "red", "revoked": "purple"}[self.value]
+class NodeStatus(ColouredChoices):
+    NEVER_SEEN = "never_seen", "Never seen", "grey"
+    ONLINE = "online", "Online", "green"
+    OFFLINE = "offline", "Offline", "red"
+    REVOKED = "revoked", "Revoked", "purple"
 
 
 class Node(models.Model):
@@ -50,13 +48,9 @@ class Node(models.Model):
         return NodeStatus(self.status).colour
 
 
-class GpuState(models.TextChoices):
-    PRESENT = "present", "Present"
-    LOST = "lost", "Lost"
-
-    @property
-    def colour(self) -> str:
-        return {"present": "green", "lost": "red"}[self.value]
+class GpuState(ColouredChoices):
+    PRESENT = "present", "Present", "green"
+    LOST = "lost", "Lost", "red"
 
 
 class Gpu(models.Model):
@@ -140,15 +134,11 @@ class NodeCredential(models.Model):
         return self.revoked_at is None
 
 
-class RuntimeState(models.TextChoices):
-    STOPPED = "stopped", "Stopped"
-    STARTING = "starting", "Starting"
-    READY = "ready", "Ready"
-    FAILED = "failed", "Failed"
-
-    @property
-    def colour(self) -> str:
-        return {"stopped": "grey", "starting": "amber", "ready": "green", "failed": "red"}[self.value]
+class RuntimeState(ColouredChoices):
+    STOPPED = "stopped", "Stopped", "grey"
+    STARTING = "starting", "Starting", "amber"
+    READY = "ready", "Ready", "green"
+    FAILED = "failed", "Failed", "red"
 
 
 class NodeRuntime(models.Model):

@@ -184,6 +184,19 @@ def revoke_credential(actor: Any, credential: NodeCredential) -> bool:
     return True
 
 
+def delete_node(actor: Any, node: Node) -> None:
+    """Delete a node with its GPUs and secrets (audited); its agent connection is closed. Telemetry forgets
+    it through the Node post_delete signal."""
+    with transaction.atomic():
+        audit.record(actor, "node.delete", node, name=node.name, hostname=node.hostname)
+        node_id = node.pk
+        credentials = list(node.credentials.values_list("pk", flat=True))
+        node.delete()
+        for credential_id in credentials:  # the connection made with any of its secrets is closed
+            events.publish(events.node_group(node_id), {"type": "agent.revoked", "credential_id": credential_id})
+        transaction.on_commit(summary.mark_stale)
+
+
 # ---- node status ------------------------------------------------------------------------------------
 
 

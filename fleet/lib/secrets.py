@@ -7,7 +7,6 @@ indexable (lookup by hash) and brute force over 2**256 is not a concern.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 
 
@@ -17,10 +16,6 @@ def new_secret(prefix: str) -> str:
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def same_hash(secret: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret), stored_hash)
 
 
 def hint(secret: str) -> str:

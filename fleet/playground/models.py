@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from fleet.lib.choices import ColouredChoices
+
 
 class PlaygroundAccess(models.Model):
     """One row (pk=1): the admin's choice whether viewers may use the playground too."""
@@ -58,15 +60,11 @@ class MessageRole(models.TextChoices):
     ASSISTANT = "assistant", "Assistant"
 
 
-class FinishReason(models.TextChoices):
-    STOP = "stop", "Finished"
-    LENGTH = "length", "Hit max tokens"
-    CANCELLED = "cancelled", "Stopped"
-    ERROR = "error", "Failed"
-
-    @property
-    def colour(self) -> str:
-        return {"stop": "green", "length": "purple", "cancelled": "grey", "error": "red"}[self.value]
+class FinishReason(ColouredChoices):
+    STOP = "stop", "Finished", "green"
+    LENGTH = "length", "Hit max tokens", "purple"
+    CANCELLED = "cancelled", "Stopped", "grey"
+    ERROR = "error", "Failed", "red"
 
 
 class Lane(models.TextChoices):

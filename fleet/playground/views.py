@@ -37,7 +37,7 @@ from fleet.accounts.models import Role
 from fleet.accounts.permissions import admin_required
 from fleet.playground import history
 from fleet.playground.access import may_chat
-from fleet.playground.models import Conversation, PlaygroundAccess
+from fleet.playground.models import Conversation, FinishReason, PlaygroundAccess
 from fleet.playground.schemas import (
     AssistantMessageIn,
     ConversationIn,
@@ -131,6 +131,8 @@ def playground(request: HttpRequest) -> HttpResponse:
         "compare_targets": compare,
         "access": PlaygroundAccess.current() if request.user.has_role(Role.ADMIN) else None,
         "open_conversation": request.GET.get("c", "") if request.GET.get("c", "").isdigit() else "",
+        # How an answer's end is shown (label, badge colour), from the one place that says it.
+        "finish_reasons": json.dumps({reason.value: [reason.label.lower(), reason.colour] for reason in FinishReason}),
     }
     return render(request, "playground/playground.html", context)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fleet import events
@@ -27,15 +29,37 @@ MIN_GAP = 0.5
 MAX_NODES = 16
 
 
+@dataclass
+class Pacer:
+    """When a socket may send: the token bucket above, driven by whatever clock the caller reads."""
+
+    rate: float = RATE
+    bucket: float = BUCKET
+    min_gap: float = MIN_GAP
+    tokens: float = 1.0
+    stamp: float | None = None  # when the tokens were last topped up
+    last_sent: float = -math.inf
+
+    def ready(self, now: float) -> bool:
+        if self.stamp is not None:
+            self.tokens = min(self.bucket, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens >= 1 and now - self.last_sent >= self.min_gap
+
+    def spent(self, now: float) -> None:
+        self.tokens -= 1
+        self.last_sent = now
+
+
 class TelemetryStream:
-    def __init__(self, send: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[..., Awaitable[None]], clock: Callable[[], float] = time.monotonic) -> None:
         self.send = send
+        self.clock = clock
         self.fleet = False
         self.nodes: dict[int, dict[str, Any]] = {}  # node id → {"latest": last JSON sent, "since": point ts}
         self.heat_sent: dict[int, str] = {}
         self.seq_seen = -1
-        self.last_sent = 0.0
-        self.tokens = 1.0
+        self.pacer = Pacer()
         self.task: asyncio.Task | None = None
 
     @staticmethod
@@ -77,18 +101,14 @@ class TelemetryStream:
 
     async def _run(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
-            stamp = time.monotonic()
             while True:
                 await asyncio.sleep(TICK)
-                now = time.monotonic()
-                self.tokens = min(BUCKET, self.tokens + (now - stamp) * RATE)
-                stamp = now
-                if self.tokens < 1 or now - self.last_sent < MIN_GAP:
+                now = self.clock()
+                if not self.pacer.ready(now):
                     continue
                 message = await self.collect()
                 if message is not None:
-                    self.tokens -= 1
-                    self.last_sent = now
+                    self.pacer.spent(now)
                     await self.send(text_data=message)
 
     async def collect(self) -> str | None:
@@ -98,11 +118,13 @@ class TelemetryStream:
         if self.nodes:
             latest = await store.latest(list(self.nodes))
             entries = []
-            for node_id, state in self.nodes.items():
+            for node_id, state in list(self.nodes.items()):  # an unsubscribe may land during an await
                 current = latest.get(node_id)
                 if current is None or current == state["latest"]:
                     continue
                 points = await store.points(node_id, state["since"])
+                if node_id not in self.nodes:
+                    continue
                 decoded = json.loads(points)
                 if decoded:
                     state["since"] = decoded[-1][0]

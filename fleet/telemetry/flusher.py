@@ -13,7 +13,7 @@ from django.conf import settings
 
 from fleet.telemetry import records
 from fleet.telemetry.limits import Shedder
-from fleet.telemetry.live import hub
+from fleet.telemetry.live import live_telemetry
 from fleet.telemetry.store import get_store
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def metrics_interval() -> float:
 
 def ensure_flusher() -> None:
     """One flusher per event loop, started by the first agent connection."""
-    hub.temp_threshold = settings.FLEET_GPU_TEMP_ALERT_C
+    live_telemetry.temp_threshold = settings.FLEET_GPU_TEMP_ALERT_C
     loop = asyncio.get_running_loop()
     task = _flushers.get(loop)
     if task is None or task.done():
@@ -73,19 +73,19 @@ async def _flush_forever() -> None:
                         lag, metrics_interval())
         try:
             now = time.time()
-            hub.finish_stale(now)
+            live_telemetry.finish_stale(now)
             if store.shared:
-                await store.push(hub)
+                await store.push(live_telemetry)
             else:
-                hub.dirty.clear()
-            seen_due = hub.seen and now - last_seen >= settings.FLEET_HEARTBEAT_INTERVAL
-            db_due = (hub.rollups or hub.alerts) and now - last_db >= DB_INTERVAL
+                live_telemetry.dirty.clear()
+            seen_due = live_telemetry.seen and now - last_seen >= settings.FLEET_HEARTBEAT_INTERVAL
+            db_due = (live_telemetry.rollups or live_telemetry.alerts) and now - last_db >= DB_INTERVAL
             if (seen_due or db_due) and (writer is None or writer.done()):
                 last_db = now
                 seen: list[int] = []
                 if seen_due:
-                    last_seen, seen, hub.seen = now, list(hub.seen), set()
-                rollups, alerts = hub.take()
+                    last_seen, seen, live_telemetry.seen = now, list(live_telemetry.seen), set()
+                rollups, alerts = live_telemetry.take()
                 writer = asyncio.create_task(database_sync_to_async(write_db)(rollups, alerts, seen))
         except Exception:
             log.exception("telemetry flush failed; retrying")

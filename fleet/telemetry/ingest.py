@@ -8,7 +8,7 @@ from django.conf import settings
 from fleet.agent import protocol
 from fleet.telemetry.flusher import ensure_flusher, metrics_interval
 from fleet.telemetry.limits import FrameGate
-from fleet.telemetry.live import hub
+from fleet.telemetry.live import live_telemetry
 
 
 class AgentTelemetry:
@@ -17,14 +17,14 @@ class AgentTelemetry:
         self.gate = FrameGate(settings.FLEET_AGENT_MAX_FRAMES_PER_SECOND)
         self.told = settings.FLEET_METRICS_INTERVAL  # the interval this agent was last told
         self.open = True
-        hub.connections += 1
+        live_telemetry.connections += 1
         ensure_flusher()
 
     def admit(self) -> bool:
         """Before parsing: False drops the frame (over this agent's frame budget)."""
         if self.gate.allow():
             return True
-        hub.counters["dropped"] += 1
+        live_telemetry.counters["dropped"] += 1
         return False
 
     @property
@@ -41,7 +41,7 @@ class AgentTelemetry:
         """Take a metrics frame; returns a frame to send back (a control frame when the interval
         changed, an error when refused) or None."""
         if size > settings.FLEET_MAX_METRICS_FRAME_BYTES:
-            hub.counters["rejected"] += 1
+            live_telemetry.counters["rejected"] += 1
             return protocol.FrameError(
                 "metrics_too_large",
                 f"frame: {size} bytes is over the {settings.FLEET_MAX_METRICS_FRAME_BYTES}-byte limit for "
@@ -49,14 +49,14 @@ class AgentTelemetry:
             )
         if isinstance(frame, protocol.Metrics):
             if not self.gate.metrics_allowed(self.told):
-                hub.counters["dropped"] += 1
+                live_telemetry.counters["dropped"] += 1
                 if self.gate.flooding:  # errors count against the consumer's error budget: it closes
                     return protocol.FrameError(
                         "rate_limited", f"frame: metrics more than twice per {self.told:g}s interval; slow down")
                 return None
-            hub.ingest(self.node_id, frame, size)
+            live_telemetry.ingest(self.node_id, frame, size)
         else:
-            hub.ingest_batch(self.node_id, frame, size)
+            live_telemetry.ingest_batch(self.node_id, frame, size)
         interval = metrics_interval()
         if interval != self.told:
             self.told = interval
@@ -67,4 +67,4 @@ class AgentTelemetry:
     def close(self) -> None:
         if self.open:
             self.open = False
-            hub.connections -= 1
+            live_telemetry.connections -= 1

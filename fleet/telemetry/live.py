@@ -155,10 +155,14 @@ def points_json(points) -> str:
     return json.dumps(list(points), separators=(",", ":"))
 
 
-class Hub:
-    """All live telemetry of this process. One instance per process (``hub``)."""
+class LiveTelemetry:
+    """All live telemetry of this process. One instance per process (``live_telemetry``)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the state of a process that has heard from no agent yet."""
         self.nodes: dict[int, NodeLive] = {}
         self.dirty: set[int] = set()
         self.seen: set[int] = set()  # nodes heard from since last_seen was last written (one UPDATE for all)
@@ -324,4 +328,4 @@ class Hub:
                 self._finish(live, acc)
 
 
-hub = Hub()
+live_telemetry = LiveTelemetry()

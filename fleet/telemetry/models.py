@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from fleet.inventory.models import Node
+from fleet.lib.choices import ColouredChoices
 
 
 class GpuRollup(models.Model):
@@ -50,14 +51,10 @@ class AlertKind(models.TextChoices):
     NODE_OFFLINE = "node_offline", "Node offline"
 
 
-class AlertSeverity(models.TextChoices):
-    CRITICAL = "critical", "Critical"
-    WARNING = "warning", "Warning"
-    INFO = "info", "Info"
-
-    @property
-    def colour(self) -> str:
-        return {"critical": "red", "warning": "amber", "info": "grey"}[self.value]
+class AlertSeverity(ColouredChoices):
+    CRITICAL = "critical", "Critical", "red"
+    WARNING = "warning", "Warning", "amber"
+    INFO = "info", "Info", "grey"
 
 
 class Alert(models.Model):

@@ -1,4 +1,4 @@
-"""Where browsers and /metrics read live telemetry: this process's hub (embedded default) or the shared
+"""Where browsers and /metrics read live telemetry: this process's LiveTelemetry (embedded default) or the shared
 Redis copy that every server process writes in batches (production, REDIS_URL set).
 
 Redis layout (prefix = FLEET_CHANNEL_PREFIX): ``tel:latest`` and ``tel:heat`` hashes (node id → JSON),
@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from fleet.lib.env import env_str
-from fleet.telemetry.live import WINDOW_MAX_POINTS, WINDOW_SECONDS, Hub, hub
+from fleet.telemetry.live import WINDOW_MAX_POINTS, WINDOW_SECONDS, LiveTelemetry, live_telemetry
 
 PROCESS_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 PROC_TTL = 30
@@ -30,39 +30,40 @@ def _point_ts(point: str) -> float:
 class LocalStore:
     shared = False
 
-    def __init__(self, source: Hub = hub) -> None:
-        self.hub = source
+    def __init__(self, source: LiveTelemetry = live_telemetry) -> None:
+        self.telemetry = source
 
     async def seq(self) -> int:
-        return self.hub.seq
+        return self.telemetry.seq
 
     async def latest(self, node_ids: list[int]) -> dict[int, str]:
-        return {nid: self.hub.nodes[nid].latest_json() for nid in node_ids
-                if nid in self.hub.nodes and self.hub.nodes[nid].latest is not None}
+        return {nid: self.telemetry.nodes[nid].latest_json() for nid in node_ids
+                if nid in self.telemetry.nodes and self.telemetry.nodes[nid].latest is not None}
 
     async def points(self, node_id: int, since: float = 0.0) -> str:
-        return self.hub.window_json(node_id, since)
+        return self.telemetry.window_json(node_id, since)
 
     async def heat(self) -> dict[int, str]:
-        return {nid: json.dumps(live.heat(), separators=(",", ":")) for nid, live in self.hub.nodes.items()
+        return {nid: json.dumps(live.heat(), separators=(",", ":")) for nid, live in self.telemetry.nodes.items()
                 if live.latest is not None}
 
     def latest_all(self) -> dict[int, dict[str, Any]]:
-        return {nid: json.loads(live.latest_json()) for nid, live in self.hub.nodes.items() if live.latest is not None}
+        return {nid: json.loads(live.latest_json()) for nid, live in self.telemetry.nodes.items()
+                if live.latest is not None}
 
     def snapshot(self, node_id: int) -> tuple[str | None, str]:
         """(latest JSON or None, window JSON) of one node, for a page's first paint."""
-        live = self.hub.nodes.get(node_id)
+        live = self.telemetry.nodes.get(node_id)
         if live is None or live.latest is None:
             return None, "[]"
-        return live.latest_json(), self.hub.window_json(node_id)
+        return live.latest_json(), self.telemetry.window_json(node_id)
 
     def heat_all(self) -> dict[int, str]:
-        return {nid: json.dumps(live.heat(), separators=(",", ":")) for nid, live in self.hub.nodes.items()
+        return {nid: json.dumps(live.heat(), separators=(",", ":")) for nid, live in self.telemetry.nodes.items()
                 if live.latest is not None}
 
     def counters(self) -> dict[str, float]:
-        return {**self.hub.counters, "connections": self.hub.connections}
+        return {**self.telemetry.counters, "connections": self.telemetry.connections}
 
 
 class RedisStore:
@@ -95,7 +96,7 @@ class RedisStore:
 
     # ---- writer (the flusher of the process that holds the agent connections) ----------------------
 
-    async def push(self, source: Hub) -> None:
+    async def push(self, source: LiveTelemetry) -> None:
         dirty, source.dirty = source.dirty, set()
         pipe = self.aio.pipeline(transaction=False)
         latest, heat = {}, {}

@@ -6,7 +6,6 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from fleet import events
-from fleet.agents import presence
 from fleet.inventory.queries import fleet_summary
 from fleet.telemetry.browser import TelemetryStream
 
@@ -30,7 +29,6 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         await self.channel_layer.group_add(events.user_group(user.pk), self.channel_name)
         self.control_group = events.user_group(user.pk)
-        presence.ensure_sweeper()
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "telemetry"):

@@ -4,12 +4,7 @@
   const root = document.querySelector("[data-hub-progress-url]");
   if (!root) return;
   const url = root.getAttribute("data-hub-progress-url");
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  function size(n) {
-    let u = 0;
-    while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
-    return u ? n.toFixed(1) + " " + units[u] : n + " B";
-  }
+  const F = window.fleetFormat;
   let reloading = false;
   function reloadSoon() {
     if (reloading) return;
@@ -22,7 +17,7 @@
       .map((el) => el.getAttribute(attr));
   }
   function paint(el, item) {
-    const pct = item.total ? Math.min(100, Math.floor((100 * item.done) / item.total)) : 100;
+    const pct = F.percent(item.done, item.total, 100);
     const bar = el.querySelector(".progress");
     if (bar) {
       bar.querySelector("span").style.width = pct + "%";
@@ -31,7 +26,7 @@
       bar.setAttribute("aria-valuenow", String(pct));
     }
     const text = el.querySelector(".progress-text");
-    if (text) text.textContent = size(item.done) + " / " + size(item.total) + " (" + pct + "%)";
+    if (text) text.textContent = F.bytes(item.done) + " / " + F.bytes(item.total) + " (" + F.formatPercent(pct) + ")";
     const badge = el.querySelector(".badge");
     if (badge) { badge.className = "badge badge-" + item.colour; badge.textContent = item.label; }
     const error = el.querySelector(".error-text");

@@ -26,31 +26,8 @@
   var retryTimer = null;
   var reloadTimer = null;
 
-  // ---- formatting (mirrors fleet/web/templatetags/fleet_tags.py) -------------------------------
-  var UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-
-  function formatBytes(value) {
-    if (value === null || value === undefined || value === "" || isNaN(Number(value))) return "—";
-    var size = Number(value);
-    if (size < 1024) return Math.floor(size) + " B";
-    var unit = 0;
-    while (size >= 1024 && unit < UNITS.length - 1) { size /= 1024; unit += 1; }
-    return size.toFixed(1) + " " + UNITS[unit];
-  }
-
-  function formatRelative(date) {
-    if (!date || isNaN(date.getTime())) return "never";
-    var delta = (Date.now() - date.getTime()) / 1000;
-    var future = delta < 0;
-    var seconds = Math.abs(delta);
-    var text;
-    if (seconds < 5) return "just now";
-    if (seconds < 60) text = Math.floor(seconds) + " s";
-    else if (seconds < 3600) text = Math.floor(seconds / 60) + " min";
-    else if (seconds < 86400) text = Math.floor(seconds / 3600) + " h";
-    else text = Math.floor(seconds / 86400) + " d";
-    return future ? "in " + text : text + " ago";
-  }
+  var formatBytes = window.fleetFormat.bytes;
+  var formatRelative = window.fleetFormat.relative;
 
   function refreshRelativeTimes() {
     var times = document.querySelectorAll("time[data-relative]");
@@ -299,5 +276,5 @@
   connect();
 
   // Exposed for tests and the console.
-  window.fleetLive = { formatBytes: formatBytes, formatRelative: formatRelative, handle: handle };
+  window.fleetLive = { handle: handle };
 })();

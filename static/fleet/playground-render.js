@@ -95,7 +95,9 @@
     return node;
   }
 
-  const FINISH_LABELS = { stop: "finished", length: "hit max tokens", cancelled: "stopped", error: "failed" };
+  // value → [label, badge colour], from FinishReason (fleet/playground/models.py)
+  const root = document.getElementById("playground");
+  const FINISH = JSON.parse((root && root.getAttribute("data-finish-reasons")) || "{}");
 
   /** An answer card: head (who answered), sanitized markdown body, stats (finish, TTFT, tokens/s). */
   function answerCard(message, compare) {
@@ -128,8 +130,7 @@
     const stats = [];
     if (message.streaming) stats.push(el("span", "badge badge-purple", "streaming"));
     else if (message.finish_reason) {
-      const colour = { stop: "green", length: "purple", cancelled: "grey", error: "red" }[message.finish_reason];
-      const label = FINISH_LABELS[message.finish_reason];
+      const [label, colour] = FINISH[message.finish_reason] || [message.finish_reason, "grey"];
       stats.push(el("span", "badge badge-" + colour, label));
     }
     stats.push(el("span", "pg-stat", "TTFT " + formatMs(message.ttft_ms)));

@@ -15,7 +15,8 @@
   if ((!heatRoot && !nodeRoot && !liveFeeds.length) || !("WebSocket" in window)) return;
 
   var WINDOW_S = 15 * 60;
-  var MIB = 1024 * 1024;
+  var F = window.fleetFormat;
+  var MIB = F.MIB;
   var COLOURS = ["#4c8dff", "#3fb950", "#e3b341", "#f26b5e", "#b48cf8", "#39c5cf", "#ff9bce", "#d2a8ff"];
   var nodeId = nodeRoot ? Number(nodeRoot.getAttribute("data-telemetry-node")) : null;
   var telemetryTopics = [];
@@ -30,13 +31,6 @@
       return r.json();
     });
   }
-
-  function fmt(value, digits, unit) {
-    if (value === null || value === undefined || isNaN(Number(value))) return "—";
-    return Number(value).toFixed(digits) + (unit || "");
-  }
-
-  function gib(bytes) { return bytes === null || bytes === undefined ? "—" : (bytes / 1024 / MIB).toFixed(1); }
 
   // ---- fleet heatmap ------------------------------------------------------------------------------
   var heatRows = {};
@@ -95,8 +89,8 @@
       cell.setAttribute("data-util", util === null ? "" : String(util));
       cell.style.backgroundColor = lost ? "" : utilColour(util);
       cell.textContent = lost ? "✕" : (util === null ? "?" : String(Math.round(util)));
-      cell.title = row.name + " · GPU " + index + (lost ? "\nLOST" : "") + "\nutilization " + fmt(util, 0, " %") +
-        "\nmemory " + fmt(mem, 0, " %") + "\ntemperature " + fmt(temp, 0, " °C");
+      cell.title = row.name + " · GPU " + index + (lost ? "\nLOST" : "") + "\nutilization " + F.number(util, 0, "%") +
+        "\nmemory " + F.number(mem, 0, "%") + "\ntemperature " + F.number(temp, 0, "°C");
     });
   }
 
@@ -228,11 +222,11 @@
         set("util", "LOST");
         return;
       }
-      set("util", fmt(g.utilization_gpu, 0, " %"));
-      set("mem", gib(g.memory_used_bytes) + " / " + gib(g.memory_total_bytes) + " GiB");
-      set("temp", fmt(g.temperature_c, 0, " °C"));
-      set("power", fmt(g.power_w, 0, "") + (g.power_limit_w ? " / " + fmt(g.power_limit_w, 0, "") : "") + " W");
-      set("clock", fmt(g.sm_clock_mhz, 0, " MHz"));
+      set("util", F.number(g.utilization_gpu, 0, "%"));
+      set("mem", F.bytes(g.memory_used_bytes) + " / " + F.bytes(g.memory_total_bytes));
+      set("temp", F.number(g.temperature_c, 0, "°C"));
+      set("power", F.number(g.power_w, 0) + (g.power_limit_w ? " / " + F.number(g.power_limit_w, 0) : "") + " W");
+      set("clock", F.number(g.sm_clock_mhz, 0, "MHz"));
       (g.processes || []).forEach(function (p) { procRows.push([g.index, p]); });
     });
     var name = nodeRoot.querySelectorAll("[data-gpu-name]");
@@ -250,7 +244,7 @@
     var fresh = document.createDocumentFragment();
     rows.forEach(function (r) {
       var tr = document.createElement("tr");
-      [String(r[0]), String(r[1].pid), r[1].name || "—", r[1].used_memory_bytes ? gib(r[1].used_memory_bytes) + " GiB" : "—"]
+      [String(r[0]), String(r[1].pid), r[1].name || "—", r[1].used_memory_bytes ? F.bytes(r[1].used_memory_bytes) : F.EMPTY]
         .forEach(function (text, i) {
           var td = document.createElement("td");
           td.textContent = text;
@@ -290,7 +284,7 @@
           var byTime = {};
           data.gpus[i].forEach(function (p) {
             var v = p[slot];
-            byTime[p[0]] = v === null ? null : (slot === 2 ? v / 1024 / MIB : v);
+            byTime[p[0]] = v === null ? null : (slot === 2 ? v / F.GIB : v);
           });
           return xs.map(function (t) { return t in byTime ? byTime[t] : null; });
         });

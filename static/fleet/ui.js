@@ -1,6 +1,62 @@
-/* Small page helpers: copy buttons ([data-copy="#input-id"]) and confirmations (form[data-confirm]). */
+/* Small page helpers: copy buttons ([data-copy="#input-id"]) and confirmations (form[data-confirm]);
+ * window.fleetFormat, the one way pages write sizes, durations, percentages and numbers (the same
+ * strings as fleet/lib/units.py). Loaded first (in <head>, deferred), so every page script may use it. */
 (function () {
   "use strict";
+
+  // ---- formatting (mirrors fleet/lib/units.py) -----------------------------------------------------
+  var EMPTY = "\u2014";
+  var BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+
+  function finite(value) {
+    if (value === null || value === undefined || value === "" || typeof value === "boolean") return null;
+    var number = Number(value);
+    return isFinite(number) ? number : null;
+  }
+
+  function bytes(value) {
+    var size = finite(value);
+    if (size === null) return EMPTY;
+    if (Math.abs(size) < 1024) return Math.trunc(size) + " B";
+    var unit = 0;
+    while (Math.abs(size) >= 1024 && unit < BYTE_UNITS.length - 1) { size /= 1024; unit += 1; }
+    return size.toFixed(1) + " " + BYTE_UNITS[unit];
+  }
+
+  function duration(seconds) {
+    var value = finite(seconds);
+    if (value === null) return EMPTY;
+    value = Math.abs(value);
+    if (value < 60) return Math.floor(value) + " s";
+    if (value < 3600) return Math.floor(value / 60) + " min";
+    if (value < 86400) return Math.floor(value / 3600) + " h";
+    return Math.floor(value / 86400) + " d";
+  }
+
+  function relative(date, now) {
+    if (!date || isNaN(date.getTime())) return "never";
+    var delta = ((now === undefined ? Date.now() : now) - date.getTime()) / 1000;
+    if (Math.abs(delta) < 5) return "just now";
+    return delta < 0 ? "in " + duration(delta) : duration(delta) + " ago";
+  }
+
+  function percent(part, whole, empty) {
+    if (!whole) return empty || 0;
+    return Math.max(0, Math.min(100, Math.trunc((100 * part) / whole)));
+  }
+
+  // A number with fixed digits and a unit after a space ("42 %", "60 °C"); unknown → "—".
+  function number(value, digits, unit) {
+    var n = finite(value);
+    if (n === null) return EMPTY;
+    return n.toFixed(digits || 0) + (unit ? " " + unit : "");
+  }
+
+  window.fleetFormat = {
+    EMPTY: EMPTY, GIB: Math.pow(1024, 3), MIB: Math.pow(1024, 2),
+    bytes: bytes, duration: duration, relative: relative, percent: percent, number: number,
+    formatPercent: function (value, digits) { return number(value, digits, "%"); },
+  };
 
   function copyText(text) {
     if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);

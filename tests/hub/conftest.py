@@ -70,10 +70,38 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_background_sync(monkeypatch):
-    """Tests drive the sync themselves (a background download would race the assertions)."""
+def _downloads_finish():
+    """Downloads only start in the engine's hub-sync task (sync.tick); one a test started ends before the next."""
     from fleet.hub import sync
 
-    monkeypatch.setattr(sync, "kick", lambda: None)
     yield
+    sync.wait_idle(30)
+
+
+@pytest.fixture
+def hub_engine():
+    """The engine's `hub-sync` task running in this process, as `manage.py engine` runs it."""
+    import threading
+
+    from django.db import close_old_connections, connection
+
+    from fleet.hub import sync
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            close_old_connections()
+            try:
+                sync.tick()
+            except Exception:  # the engine logs and carries on; so does this stand-in
+                pass
+            stop.wait(0.1)
+        connection.close()
+
+    thread = threading.Thread(target=loop, name="test-engine", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)
     sync.wait_idle(30)

@@ -46,6 +46,8 @@ class FakeHub:
         self.ranges: list[tuple[str, str]] = []  # (path, Range header) of ranged GETs
         self.bytes_sent = 0
         self.delay_per_mb = 0.0  # seconds of sleep per MiB sent, to make downloads slow enough to interrupt
+        self.failures: Counter = Counter()  # file path -> body GETs still to answer with a transient 503
+        self.failed: Counter = Counter()  # file path -> transient 503s answered
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -148,6 +150,14 @@ class FakeHub:
                     data = hub.files_at(m.group(1), sha).get(m.group(3))
                     if data is None:
                         return self._json(404, {"error": "Entry not found"}, "EntryNotFound")
+                    if body:
+                        with hub.lock:
+                            failing = hub.failures[m.group(3)] > 0
+                            if failing:
+                                hub.failures[m.group(3)] -= 1
+                                hub.failed[m.group(3)] += 1
+                        if failing:
+                            return self._json(503, {"error": "fake hub: temporarily unavailable"})
                     return self._send_file(m.group(1), m.group(3), sha, data, body)
                 self._json(404, {"error": f"fake hub: no route {path}"})
 

@@ -27,7 +27,7 @@ def upstream():
 
 @pytest.fixture
 def stack(tmp_path, upstream):
-    stack = Stack(tmp_path, offline_after=3)
+    stack = Stack(tmp_path, offline_after=3, engine=True)
     stack.env.update({"FLEET_HF_UPSTREAM": upstream.url, "FLEET_HUB_INLINE_MAX": "65536",
                       "FLEET_HUB_DISK_MARGIN": "0", "FLEET_HUB_STALL_TIMEOUT": "20",
                       "FLEET_HUB_RATE_LIMIT": "4M"})  # per connection: slow enough to kill an agent mid-way
@@ -52,6 +52,11 @@ def wait_state(stack: Stack, command_id: str, states: set[str], agents: list[Age
         logs = "\n".join(agent.log() for agent in agents)
         raise AssertionError(f"{command_state(stack, command_id)}\nagents:\n{logs}\nserver:\n{stack.logs()}") from None
     return state
+
+
+def wait_stored(stack: Stack) -> None:
+    wait_until(lambda: stack.query("SELECT count(*) FROM hub_blob WHERE state != 'present'") == [(0,)], 60,
+               "the engine to store every blob")
 
 
 def snapshot_files(home: Path, repo: str, sha: str) -> dict[str, bytes]:
@@ -99,7 +104,7 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
         upstream.add("acme/tiny", files_v2, revision="v2")
         upstream.delay_per_mb = 0.0
         sha_v2 = stack.manage("addmodel", "acme/tiny", "--revision", "v2").splitlines()[-1]
-        stack.manage("engine", "--once")  # the hub sync stores v2 before any node asks
+        wait_stored(stack)  # the engine's hub sync stores v2 before any node asks
         cmd = stack.manage("deploymodel", "deploy", "--node", "node-b", "--repo", "acme/tiny", "--revision", "v2")
         blobs = b.home / "models" / "models--acme--tiny" / "blobs"
         wait_until(lambda: any(p.name.endswith(".fleet-partial") and p.stat().st_size > 0 for p in blobs.iterdir()),
@@ -115,7 +120,7 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
         files_v3 = sample_files(weights_mib=2, seed=b"3")
         upstream.add("acme/tiny", files_v3, revision="v3")
         sha_v3 = stack.manage("addmodel", "acme/tiny", "--revision", "v3").splitlines()[-1]
-        stack.manage("engine", "--once")
+        wait_stored(stack)
         import hashlib
 
         digest = hashlib.sha256(files_v3["model.safetensors"]).hexdigest()

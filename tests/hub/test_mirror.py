@@ -159,13 +159,14 @@ def test_unapproved_versions_are_not_served(mirror, imported, settings, tmp_path
 
     endpoint, secret, _ = mirror
     version, _ = imported
+    api = HfApi(endpoint=endpoint, token=secret)
+    assert [m.id for m in api.list_models()] == ["acme/tiny"]  # listed while approved
     version.approval = ApprovalState.PENDING
     version.save()
     with pytest.raises(GatedRepoError):
         hf_hub_download("acme/tiny", "config.json", revision=version.sha, endpoint=endpoint, token=secret,
                         cache_dir=tmp_path / "c")
-    assert HfApi(endpoint=endpoint, token=secret).list_models() is not None
-    assert list(HfApi(endpoint=endpoint, token=secret).list_models()) == []
+    assert [m.id for m in api.list_models()] == []
 
 
 def test_transformers_loads_a_tiny_model_through_the_mirror(mirror, tiny_llama, tmp_path) -> None:
@@ -174,11 +175,11 @@ def test_transformers_loads_a_tiny_model_through_the_mirror(mirror, tiny_llama, 
     import sys
 
     endpoint, secret, _ = mirror
-    version, _ = import_folder("test", tiny_llama, "acme/tiny-llama", "main")
+    version, _ = import_folder("test", tiny_llama, "acme/tiny-llama", "v1")  # no revision: main is what it serves
     script = (
         "import sys, torch\n"
         "from transformers import AutoModelForCausalLM\n"
-        "model = AutoModelForCausalLM.from_pretrained('acme/tiny-llama', revision=sys.argv[1])\n"
+        "model = AutoModelForCausalLM.from_pretrained('acme/tiny-llama')\n"
         "reference = AutoModelForCausalLM.from_pretrained(sys.argv[2])\n"
         "ids = torch.tensor([[1, 2, 3, 4]])\n"
         "assert torch.equal(model(ids).logits, reference(ids).logits)\n"
@@ -213,3 +214,78 @@ def test_the_hf_cli_works_against_the_mirror(mirror, imported, tmp_path) -> None
                          capture_output=True, text=True, timeout=120)
     assert got.returncode == 0, got.stderr
     assert (target / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+def _snapshot(endpoint: str, secret: str, cache: Path) -> dict[str, bytes]:
+    root = Path(snapshot_download("acme/tiny", endpoint=endpoint, token=secret, cache_dir=cache))
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_no_revision_gets_the_current_version_or_the_operators_default(mirror, imported, tmp_path, alice) -> None:
+    """What HF clients ask by default (`main`, or no revision at all) is the newest approved, synced version
+    unless an operator marked another one as the default."""
+    from fleet.accounts.models import AuditEvent
+    from fleet.hub import catalog
+    from fleet.hub.models import ApprovalState
+
+    endpoint, secret, _ = mirror
+    v1, files_v1 = imported
+    files_v2 = sample_files(seed=b"b")
+    v2, _ = import_folder("test", write_folder(tmp_path / "v2", files_v2), "acme/tiny", "v2")
+    api = HfApi(endpoint=endpoint, token=secret)
+
+    assert _snapshot(endpoint, secret, tmp_path / "c1") == files_v2
+    assert api.model_info("acme/tiny").sha == v2.sha  # /api/models/acme/tiny, no revision in the URL
+    assert [(m.id, m.sha) for m in api.list_models()] == [("acme/tiny", v2.sha)]
+
+    assert catalog.set_default(alice, v1)
+    assert AuditEvent.objects.filter(action="model.default_set", target_repr="acme/tiny").exists()
+    assert _snapshot(endpoint, secret, tmp_path / "c2") == files_v1
+    assert api.model_info("acme/tiny", revision="main").sha == v1.sha
+    assert [(m.id, m.sha) for m in api.list_models()] == [("acme/tiny", v1.sha)]
+
+    catalog.set_default(alice, None, v1.model)
+    v3, _ = import_folder("test", write_folder(tmp_path / "v3", sample_files(seed=b"c")), "acme/tiny", "v3")
+    v3.approval = ApprovalState.PENDING  # newest, but not approved: not what main serves
+    v3.save()
+    assert _snapshot(endpoint, secret, tmp_path / "c3") == files_v2
+
+
+def test_main_skips_versions_still_syncing(hub_root, tmp_path, alice) -> None:
+    from fleet.hub import catalog
+    from fleet.hub.catalog import register_version
+    from fleet.hub.importer import entry_for
+    from fleet.hub.models import SourceKind, SyncState
+
+    synced, _ = import_folder("test", write_folder(tmp_path / "a", sample_files()), "acme/tiny", "v1")
+    folder = write_folder(tmp_path / "b", sample_files(seed=b"b"))
+    entries = [entry_for(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*")) if p.is_file()]
+    syncing = register_version(alice, repo_id="acme/tiny", revision="main", sha="b" * 40, entries=entries,
+                               source=SourceKind.UPSTREAM)
+    assert syncing.sync_state == SyncState.QUEUED
+    assert catalog.current_version(synced.model) == synced
+    syncing.approval = "rejected"
+    with pytest.raises(catalog.CatalogError, match="approve it"):
+        catalog.set_default(alice, syncing)
+
+
+def test_operators_mark_the_default_on_the_version_page(client, bob, charlie, imported, tmp_path) -> None:
+    from fleet.accounts.models import AuditEvent
+    from fleet.hub.models import HubModel
+
+    v1, _ = imported
+    v2, _ = import_folder("test", write_folder(tmp_path / "v2", sample_files(seed=b"b")), "acme/tiny", "v2")
+    client.force_login(charlie)
+    assert client.post(f"/models/versions/{v1.pk}/default/").status_code == 403
+    client.force_login(bob)
+    page = client.get(f"/models/versions/{v1.pk}/").content.decode()
+    assert "Make default" in page and "data-current" not in page
+    client.post(f"/models/versions/{v1.pk}/default/")
+    assert HubModel.objects.get(repo_id="acme/tiny").default_version == v1
+    assert AuditEvent.objects.get(action="model.default_set").actor_name == "bob"
+    page = client.get(f"/models/versions/{v1.pk}/").content.decode()
+    assert "data-current" in page and "Unset default" in page
+    assert client.get("/models/").content.decode().count('title="what clients get') == 1
+    client.post(f"/models/versions/{v1.pk}/undefault/")
+    assert HubModel.objects.get(repo_id="acme/tiny").default_version is None
+    assert "data-current" in client.get(f"/models/versions/{v2.pk}/").content.decode()

@@ -30,7 +30,7 @@ def nginx_stack(tmp_path):
     if NGINX is None:
         pytest.skip("Debian's nginx is not installed (apt-get install -y nginx-light)")
     upstream = FakeHub().start()
-    stack = Stack(tmp_path, offline_after=10)
+    stack = Stack(tmp_path, offline_after=10, engine=True)
     stack.env.update({"FLEET_HF_UPSTREAM": upstream.url, "FLEET_HUB_ACCEL_REDIRECT": "/_fleet_blobs/",
                       "FLEET_BLOB_SERVER": "0", "FLEET_HUB_INLINE_MAX": "65536", "FLEET_HUB_DISK_MARGIN": "0"})
     stack.start()
@@ -102,6 +102,7 @@ def test_nginx_serves_blobs_and_the_deployer_waits_for_a_sync(nginx_stack, tmp_p
 
     # An upstream version nobody synced yet: 503 + Retry-After until the engine stores it.
     upstream.add("acme/other", sample_files(weights_mib=2, seed=b"o"))
+    upstream.delay_per_mb = 8.0  # slow enough that the engine is still fetching when the GET below arrives
     other = stack.manage("addmodel", "acme/other", "--revision", "main").splitlines()[-1]
     busy = httpx2.get(f"{url}/hf/acme/other/resolve/{other}/model.safetensors",
                       headers={"Authorization": f"Bearer {secret}"})
@@ -128,7 +129,7 @@ def test_nginx_serves_blobs_and_the_deployer_waits_for_a_sync(nginx_stack, tmp_p
             await asyncio.sleep(0.1)
         return events[-1].state
 
-    # The first GET also started the pull-through fetch on the server; the deployer waited, then got it.
+    # The engine fetched it meanwhile (web requests never download); the deployer waited, then got it.
     assert asyncio.run(scenario()) == "staged"
     assert "the mirror is still fetching acme/other" in caplog.text
     assert upstream.fetches[("acme/other", "model.safetensors")] == 1

@@ -26,7 +26,7 @@ def production(tmp_path, services):
     with psycopg.connect(services["postgres"], autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     stack = Stack(tmp_path, database_url=services["postgres"].rsplit("/", 1)[0] + f"/{name}",
-                  redis_url=services["redis"], servers=2, offline_after=3)
+                  redis_url=services["redis"], servers=2, offline_after=3, engine=True)
     stack.env.update({"FLEET_CHANNEL_PREFIX": name, "FLEET_HF_UPSTREAM": upstream.url,
                       "FLEET_HUB_INLINE_MAX": "65536", "FLEET_HUB_DISK_MARGIN": "0"})
     try:

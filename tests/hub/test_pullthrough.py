@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_two_nodes_pull_an_unsynced_version_with_one_upstream_fetch_per_blob(
-        live_server, fake_hub, hub_root, make_node, alice, settings, tmp_path) -> None:
+        live_server, fake_hub, hub_root, make_node, alice, settings, tmp_path, hub_engine) -> None:
     settings.FLEET_HUB_INLINE_MAX = 0
     endpoint = live_server.url.replace("localhost", "127.0.0.1") + "/hf"
     files = sample_files(weights_mib=4)

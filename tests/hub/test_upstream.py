@@ -160,6 +160,7 @@ def test_a_blob_lost_from_the_store_is_fetched_again(fake_hub, hub_root, alice, 
     response = client.get(f"/hf/acme/tiny/resolve/{version.sha}/model.safetensors",
                           HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert response.status_code == 302
+    sync.tick()  # the engine fetches it again
     assert sync.wait_idle(30)
     assert store.blob_path(weights.blob.digest).exists()
     assert fake_hub.fetches[("acme/tiny", "model.safetensors")] == 2

@@ -36,13 +36,13 @@ class Stack:
     """A Fleet deployment in a temporary folder: one database, N Daphne processes."""
 
     def __init__(self, tmp: Path, *, database_url: str | None = None, redis_url: str | None = None,
-                 servers: int = 1, offline_after: float = 3, asgi: str = "fleet.asgi:application",
-                 settings: str = "fleet.settings"):
+                 servers: int = 1, offline_after: float = 3, engine: bool = False, daphne_args: tuple[str, ...] = ()):
         self.tmp = tmp
-        self.asgi = asgi
+        self.engine = engine  # also run `manage.py engine` (hub sync downloads happen only there)
+        self.daphne_args = daphne_args
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))},
-            "DJANGO_SETTINGS_MODULE": settings,
+            "DJANGO_SETTINGS_MODULE": "fleet.settings",
             "FLEET_VAR_DIR": str(tmp / "var"),
             "FLEET_SECRET_KEY": "integration-test-secret-key-0123456789abcdef",
             "FLEET_OFFLINE_AFTER": str(offline_after),
@@ -67,9 +67,14 @@ class Stack:
         for port in self.ports:
             log = open(self.tmp / f"daphne-{port}.log", "w")  # noqa: SIM115
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(port), self.asgi],
+                [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(port), *self.daphne_args,
+                 "fleet.asgi:application"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             ))
+        if self.engine:
+            log = open(self.tmp / "engine.log", "w")  # noqa: SIM115
+            self.processes.append(subprocess.Popen([sys.executable, "manage.py", "engine"], cwd=ROOT, env=self.env,
+                                                   stdout=log, stderr=subprocess.STDOUT))
         for port in self.ports:
             wait_until(lambda p=port: _http_ok(f"http://127.0.0.1:{p}/accounts/login/"), 30, f"daphne on {port}")
         return self
@@ -88,7 +93,8 @@ class Stack:
                 process.kill()
 
     def logs(self) -> str:
-        return "\n".join(path.read_text()[-3000:] for path in sorted(self.tmp.glob("daphne-*.log")))
+        return "\n".join(path.read_text()[-3000:] for path in sorted(self.tmp.glob("daphne-*.log"))
+                         + sorted(self.tmp.glob("engine.log")))
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Read the stack's database directly (the test process has its own Django database)."""

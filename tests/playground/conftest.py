@@ -8,6 +8,7 @@ from django.test import Client
 from fleet.asgi import application
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
+HOST = (b"host", b"127.0.0.1")  # a browser's socket to the page's own host: the origin check matches them
 
 
 def _cookie(user) -> bytes:
@@ -22,7 +23,7 @@ def browser():
     made: list[WebsocketCommunicator] = []
 
     async def make(user=None) -> WebsocketCommunicator:
-        headers = [ORIGIN]
+        headers = [ORIGIN, HOST]
         if user is not None:
             headers.append((b"cookie", await database_sync_to_async(_cookie)(user)))
         comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)

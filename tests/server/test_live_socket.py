@@ -13,6 +13,7 @@ from fleet.inventory.services import set_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1")
+HOST = (b"host", b"127.0.0.1")  # what a browser sends with the socket it opens on http://127.0.0.1
 
 
 def session_cookie(user) -> bytes:
@@ -21,8 +22,8 @@ def session_cookie(user) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def live(user=None, origin=ORIGIN) -> WebsocketCommunicator:
-    headers = [origin] if origin else []
+async def live(user=None, origin=ORIGIN, host=HOST) -> WebsocketCommunicator:
+    headers = [header for header in (origin, host) if header]
     if user is not None:
         headers.append((b"cookie", await database_sync_to_async(session_cookie)(user)))
     return WebsocketCommunicator(application, "/ws/live/", headers=headers)
@@ -37,6 +38,30 @@ async def test_foreign_origin_is_refused(charlie):
     comm = await live(charlie, origin=(b"origin", b"https://evil.example"))
     connected, _ = await comm.connect()
     assert connected is False
+
+
+@pytest.mark.parametrize("origin", [
+    b"http://127.0.0.1:8080",  # another port of the same host: another site
+    b"https://127.0.0.1",  # another scheme
+    b"http://127.0.0.1.evil.example",
+    b"null",
+])
+async def test_an_origin_must_match_scheme_host_and_port(charlie, origin):
+    comm = await live(charlie, origin=(b"origin", origin))
+    connected, _ = await comm.connect()
+    assert connected is False
+
+
+async def test_an_origin_on_the_sockets_own_port_and_a_configured_one_are_accepted(charlie, settings):
+    own = await live(charlie, origin=(b"origin", b"http://localhost:8000"), host=(b"host", b"localhost:8000"))
+    assert (await own.connect())[0]
+    await own.disconnect()
+    settings.CSRF_TRUSTED_ORIGINS = ["https://fleet.example.com"]
+    proxied = await live(charlie, origin=(b"origin", b"https://fleet.example.com"), host=(b"host", b"localhost"))
+    assert (await proxied.connect())[0]
+    await proxied.disconnect()
+    no_host = await live(charlie, host=None)
+    assert (await no_host.connect())[0] is False
 
 
 async def test_user_without_a_role_is_refused(outsider):

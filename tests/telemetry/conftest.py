@@ -3,16 +3,16 @@ from __future__ import annotations
 import pytest
 
 from fleet.telemetry import flusher
-from fleet.telemetry.live import hub
+from fleet.telemetry.live import live_telemetry
 
 
 @pytest.fixture(autouse=True)
-def fresh_hub():
-    """The hub is per process: every test starts from an empty one (and no load shedding)."""
-    hub.__init__()
+def fresh_live_telemetry():
+    """Live telemetry is per process: every test starts from an empty one (and no load shedding)."""
+    live_telemetry.reset()
     flusher.shedder = None
-    yield hub
-    hub.__init__()
+    yield live_telemetry
+    live_telemetry.reset()
     flusher.shedder = None
 
 

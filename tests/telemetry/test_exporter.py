@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleet.accounts.apikeys import create_api_key
 from fleet.agent.protocol import Metrics
 from fleet.inventory.models import Gpu, NodeStatus
-from fleet.telemetry.live import hub
+from fleet.telemetry.live import live_telemetry
 from tests.telemetry.conftest import gpu, metrics_frame
 
 pytestmark = pytest.mark.django_db
@@ -29,7 +29,7 @@ def known_node(make_node):
             energy_j=123456.789, ecc_uncorrected=0, xids=[79]),
         gpu(1, utilization_gpu=3.0, memory_used_bytes=0, memory_total_bytes=81559 * MIB),
     ])
-    hub.ingest(node.pk, Metrics.model_validate(frame), size=1234)
+    live_telemetry.ingest(node.pk, Metrics.model_validate(frame), size=1234)
     return node
 
 
@@ -80,8 +80,8 @@ def test_dcgm_series_and_fleet_series(client, known_node, alice):
 
 def test_stale_values_are_not_exported(client, known_node, settings):
     settings.FLEET_METRICS_ALLOW = (ipaddress.ip_network("127.0.0.1/32"),)
-    hub.nodes[known_node.pk].ts = time.time() - 3600
-    hub.nodes[known_node.pk].seq += 1
+    live_telemetry.nodes[known_node.pk].ts = time.time() - 3600
+    live_telemetry.nodes[known_node.pk].seq += 1
     families = scrape(client)
     assert families["DCGM_FI_DEV_GPU_UTIL"].samples == []
 

@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from django.db.backends import utils as db_utils
 
 from fleet.telemetry import flusher
-from fleet.telemetry.live import hub
+from fleet.telemetry.live import live_telemetry
 from tests.server.test_agent_socket import connect_and_hello
 from tests.telemetry.conftest import gpu, metrics_frame
 
@@ -50,12 +50,12 @@ async def test_hundred_frames_make_no_database_writes(make_node, fast, sql_count
     for i in range(100):
         await comm.send_json_to(metrics_frame(1000.0 + i, [gpu(g, utilization_gpu=float(i % 100)) for g in range(8)]))
     for _ in range(50):  # let the consumer drain its queue
-        if hub.counters["frames"] == 101:
+        if live_telemetry.counters["frames"] == 101:
             break
         await asyncio.sleep(0.1)
     assert comm.output_queue.empty()  # no error frames
-    assert hub.nodes[node.pk].seq == 101 and hub.counters["frames"] == 101
-    assert len(hub.nodes[node.pk].window) == 101
+    assert live_telemetry.nodes[node.pk].seq == 101 and live_telemetry.counters["frames"] == 101
+    assert len(live_telemetry.nodes[node.pk].window) == 101
     writes = [sql for sql in sql_counter if not sql.lstrip().upper().startswith("SELECT")]
     assert writes == [], writes  # not one write for 100 frames
     assert len(sql_counter) <= 2, sql_counter  # at most a timer's read (e.g. a command poll), never per frame
@@ -72,7 +72,7 @@ async def test_malformed_metrics_frame_gets_an_error_and_keeps_the_stored_frame(
     assert error["detail"].startswith("gpus.0.utilization_gpu:"), error
     await comm.send_to(text_data='{"type": "metrics", "v": 1, "ts": "soon"}')
     assert (await comm.receive_json_from(timeout=5))["detail"].startswith("ts:")
-    live = hub.nodes[node.pk]
+    live = live_telemetry.nodes[node.pk]
     assert live.seq == 1 and json.loads(live.latest_json())["gpus"][0]["utilization_gpu"] == 42.0
     assert len(live.window) == 1
     await comm.disconnect()
@@ -88,7 +88,7 @@ async def test_oversized_metrics_frame_is_refused_without_closing(make_node, fas
     assert error["code"] == "metrics_too_large" and "FLEET_MAX_METRICS_FRAME_BYTES" in error["detail"]
     await comm.send_json_to(metrics_frame(2.0, [gpu(0)]))
     await asyncio.sleep(0.2)
-    assert hub.nodes[node.pk].seq == 1 and hub.counters["rejected"] == 1
+    assert live_telemetry.nodes[node.pk].seq == 1 and live_telemetry.counters["rejected"] == 1
     await comm.disconnect()
 
 
@@ -105,8 +105,8 @@ async def test_an_agent_over_its_metrics_rate_is_dropped_then_closed_when_floodi
             close = output
             break
     assert close == {"type": "websocket.close", "code": 4429}
-    assert hub.nodes[node.pk].seq <= 10  # a burst of 5, then about 2 per second
-    assert hub.counters["dropped"] > 200
+    assert live_telemetry.nodes[node.pk].seq <= 10  # a burst of 5, then about 2 per second
+    assert live_telemetry.counters["dropped"] > 200
 
 
 async def test_load_shedding_tells_agents_a_longer_interval(make_node, fast):
@@ -160,4 +160,4 @@ async def test_a_flooding_agent_is_closed_by_the_pre_parse_budget(make_node, set
             close = output
             break
     assert close == {"type": "websocket.close", "code": 4429}
-    assert hub.counters["dropped"] > 200
+    assert live_telemetry.counters["dropped"] > 200

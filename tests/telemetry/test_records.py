@@ -10,7 +10,7 @@ from django.test import Client
 from fleet import engine
 from fleet.agent.protocol import Metrics
 from fleet.telemetry import flusher, records
-from fleet.telemetry.live import Hub
+from fleet.telemetry.live import LiveTelemetry
 from fleet.telemetry.models import Alert, GpuRollup
 from tests.telemetry.conftest import gpu, metrics_frame
 
@@ -26,14 +26,14 @@ def rollup(node, minute: datetime, util: float, index: int = 0) -> GpuRollup:
 
 def test_hub_rollups_are_written_in_bulk(make_node, django_assert_max_num_queries):
     node, _ = make_node()
-    hub = Hub()
+    telemetry = LiveTelemetry()
     base = NOW.timestamp() // 60 * 60
     for minute in range(3):
         for second in (0, 30):
             ts = base + 60 * minute + second
-            hub.ingest(node.pk, Metrics.model_validate(metrics_frame(ts, [gpu(i) for i in range(8)])), now=ts)
-    hub.finish_stale(base + 400)
-    rollups, alerts = hub.take()
+            telemetry.ingest(node.pk, Metrics.model_validate(metrics_frame(ts, [gpu(i) for i in range(8)])), now=ts)
+    telemetry.finish_stale(base + 400)
+    rollups, alerts = telemetry.take()
     assert len(rollups) == 24 and alerts == []
     with django_assert_max_num_queries(2):  # one INSERT for 24 rows (plus a savepoint on some backends)
         flusher.write_db(rollups, alerts)

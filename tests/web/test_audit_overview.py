@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from django.utils import timezone
 
 from fleet.accounts import audit
 from fleet.accounts.models import AuditEvent
 from fleet.inventory.models import Gpu, GpuState, NodeKind, NodeStatus
 from fleet.inventory.queries import fleet_summary
-from fleet.web.templatetags.fleet_tags import format_bytes, format_relative
+from fleet.lib.units import format_bytes
 
 
 @pytest.mark.django_db
@@ -84,24 +81,3 @@ def test_overview_empty_fleet_points_operator_to_enrollment(client: Client, bob)
     client.force_login(bob)
     page = client.get(reverse("overview")).content.decode()
     assert "No nodes yet" in page and reverse("enrollment") in page
-
-
-def test_format_bytes() -> None:
-    assert format_bytes(None) == "—"
-    assert format_bytes(0) == "0 B"
-    assert format_bytes(1023) == "1023 B"
-    assert format_bytes(1536) == "1.5 KiB"
-    assert format_bytes(80 * 1024**3) == "80.0 GiB"
-    assert format_bytes(3 * 1024**4) == "3.0 TiB"
-    assert format_bytes("junk") == "—"
-
-
-def test_format_relative() -> None:
-    now = timezone.now()
-    assert format_relative(None) == "never"
-    assert format_relative(now, now) == "just now"
-    assert format_relative(now - timedelta(seconds=42), now) == "42 s ago"
-    assert format_relative(now - timedelta(minutes=5), now) == "5 min ago"
-    assert format_relative(now - timedelta(hours=3), now) == "3 h ago"
-    assert format_relative(now - timedelta(days=2), now) == "2 d ago"
-    assert format_relative(now + timedelta(minutes=15, seconds=1), now) == "in 15 min"

@@ -73,6 +73,9 @@ def test_live_status_without_reload(stack: Stack, agent_loop) -> None:
         try:
             page = browser.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
+            # The pages run under script-src 'self': a refused inline script or handler shows up here.
+            page.on("console", lambda message: errors.append(message.text)
+                    if "Content Security Policy" in message.text else None)
             page.goto(f"{base}/")
             page.fill("input[name=username]", "olivia")
             page.fill("input[name=password]", PASSWORD)
@@ -95,15 +98,16 @@ def test_live_status_without_reload(stack: Stack, agent_loop) -> None:
             assert page.text_content(badge) == "Never seen"
 
             ws = asyncio.run_coroutine_threadsafe(_hello(base, enrolled["secret"]), agent_loop).result(15)
-            page.wait_for_function(f"document.querySelector(\"{badge}\").textContent === 'Online'", timeout=15000)
+            page.wait_for_function(f"() => document.querySelector(\"{badge}\").textContent === 'Online'", timeout=15000)
             assert "badge-green" in page.get_attribute(badge, "class")
             assert page.text_content(f"tr[data-node-id='{node_id}'] [data-node-agent-version]") == "9.9.9"
 
             asyncio.run_coroutine_threadsafe(ws.close(), agent_loop).result(10)
-            page.wait_for_function(f"document.querySelector(\"{badge}\").textContent === 'Offline'", timeout=20000)
+            page.wait_for_function(f"() => document.querySelector(\"{badge}\").textContent === 'Offline'",
+                                   timeout=20000)
             assert "badge-red" in page.get_attribute(badge, "class")
             assert page.evaluate("window.__noReload") is True  # updated in place, never reloaded
-            assert page.evaluate("fleetLive.formatBytes(80 * 1024 ** 3)") == "80.0 GiB"
+            assert page.evaluate("fleetFormat.bytes(80 * 1024 ** 3)") == "80.0 GiB"
         finally:
             browser.close()
     assert not errors, errors

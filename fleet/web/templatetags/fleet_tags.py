@@ -1,4 +1,5 @@
-"""Template filters for the Fleet pages: byte sizes, relative times, role checks, labels."""
+"""Template filters for the Fleet pages: byte sizes, relative times, percentages (all from
+fleet.lib.units), role checks, labels."""
 
 from __future__ import annotations
 
@@ -7,50 +8,10 @@ from typing import Any
 
 from django import template
 from django.http import QueryDict
-from django.utils import timezone
+
+from fleet.lib.units import EMPTY, format_bytes, format_percent, format_relative
 
 register = template.Library()
-
-_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-EMPTY = "—"
-
-
-def format_bytes(value: Any) -> str:
-    """1024-based sizes with one decimal: 85899345920 → "80.0 GiB"; None → "—"."""
-    if value is None or value == "":
-        return EMPTY
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        return EMPTY
-    if size < 1024:
-        return f"{int(size)} B"
-    unit = 0
-    while size >= 1024 and unit < len(_UNITS) - 1:
-        size /= 1024
-        unit += 1
-    return f"{size:.1f} {_UNITS[unit]}"
-
-
-def format_relative(value: datetime | None, now: datetime | None = None) -> str:
-    """"just now", "42 s ago", "5 min ago", "3 h ago", "2 d ago", "in 15 min"; None → "never"."""
-    if value is None:
-        return "never"
-    now = now or timezone.now()
-    delta = (now - value).total_seconds()
-    future = delta < 0
-    seconds = abs(delta)
-    if seconds < 5:
-        return "just now"
-    if seconds < 60:
-        text = f"{int(seconds)} s"
-    elif seconds < 3600:
-        text = f"{int(seconds // 60)} min"
-    elif seconds < 86400:
-        text = f"{int(seconds // 3600)} h"
-    else:
-        text = f"{int(seconds // 86400)} d"
-    return f"in {text}" if future else f"{text} ago"
 
 
 @register.filter(name="bytes")
@@ -61,6 +22,11 @@ def bytes_filter(value: Any) -> str:
 @register.filter
 def reltime(value: datetime | None) -> str:
     return format_relative(value)
+
+
+@register.filter(name="percent")
+def percent_filter(value: Any) -> str:
+    return format_percent(value)
 
 
 @register.filter

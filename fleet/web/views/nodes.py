@@ -8,9 +8,11 @@ from django.shortcuts import get_object_or_404, render
 
 from fleet.accounts.permissions import viewer_required
 from fleet.hub.models import ModelVersion
+from fleet.hub.node_models import node_models_context
 from fleet.inventory.models import Node, NodeCredential, NodeRuntime
 from fleet.inventory.queries import node_payload, with_gpu_counts
 from fleet.lib.http import paginate
+from fleet.lib.ids import parse_id_list
 from fleet.telemetry.models import Alert
 from fleet.web.forms import NodeFilterForm
 
@@ -51,7 +53,7 @@ def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "web/node_detail.html",
         {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}",
-         "runtimes": runtimes,
+         "runtimes": runtimes, "hub": node_models_context(node, request.user),
          "node_alerts": list(Alert.objects.filter(node=node).select_related("node")[:12])},
     )
 
@@ -72,9 +74,10 @@ def node_states(request: HttpRequest) -> JsonResponse:
     """`?ids=1,2,3` → the live payload of those nodes; live.js uses it to catch up after (re)connecting."""
     raw = request.GET.get("ids", "")
     try:
-        ids = sorted({int(part) for part in raw.split(",") if part.strip()})
+        ids = parse_id_list(raw)
     except ValueError:
-        return JsonResponse({"error": "ids: give node ids as comma-separated integers"}, status=400)
+        return JsonResponse({"error": "ids: give node ids as comma-separated whole numbers (1 to 2**63-1)"},
+                            status=400)
     if len(ids) > MAX_STATE_IDS:
         return JsonResponse({"error": f"ids: at most {MAX_STATE_IDS} ids"}, status=400)
     nodes = with_gpu_counts(Node.objects.filter(pk__in=ids)) if ids else []

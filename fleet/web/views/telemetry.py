@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from fleet.accounts.permissions import viewer_required
 from fleet.inventory.models import Gpu, GpuState, Node
+from fleet.lib.ids import parse_id
 from fleet.telemetry import records
 from fleet.telemetry.models import Alert, AlertSeverity
 from fleet.telemetry.store import get_store
@@ -51,6 +52,11 @@ def fleet_heat(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"nodes": nodes})
 
 
+def _bad_node() -> HttpResponse:
+    return HttpResponseBadRequest("node: give a node id (a whole number from 1 to 2**63-1), or leave it out",
+                                  content_type="text/plain; charset=utf-8")
+
+
 def _alerts(request: HttpRequest):
     alerts = Alert.objects.select_related("node").order_by("-opened_at", "-id")
     state = request.GET.get("state", "")
@@ -61,15 +67,18 @@ def _alerts(request: HttpRequest):
     severity = request.GET.get("severity", "")
     if severity in AlertSeverity.values:
         alerts = alerts.filter(severity=severity)
-    node = request.GET.get("node", "")
-    if node.isdigit():
-        alerts = alerts.filter(node_id=int(node))
+    node = request.GET.get("node", "").strip()
+    if node:
+        alerts = alerts.filter(node_id=parse_id(node))  # ValueError: the views answer 400
     return alerts, {"state": state, "severity": severity if severity in AlertSeverity.values else "", "node": node}
 
 
 @viewer_required
 def alert_list(request: HttpRequest) -> HttpResponse:
-    alerts, filters = _alerts(request)
+    try:
+        alerts, filters = _alerts(request)
+    except ValueError:
+        return _bad_node()
     page = Paginator(alerts, ALERTS_PER_PAGE).get_page(request.GET.get("page"))
     return render(request, "web/alerts.html", {
         "page": page, "filters": filters, "severities": AlertSeverity.choices, "live_topics": "fleet",
@@ -80,5 +89,8 @@ def alert_list(request: HttpRequest) -> HttpResponse:
 @viewer_required
 def alert_feed(request: HttpRequest) -> HttpResponse:
     """The newest alerts as an HTML fragment (the feeds on the overview and node pages refresh with it)."""
-    alerts, _ = _alerts(request)
+    try:
+        alerts, _ = _alerts(request)
+    except ValueError:
+        return _bad_node()
     return render(request, "web/_alert_feed.html", {"alerts": list(alerts[:FEED_SIZE])})

@@ -4,9 +4,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from fleet.accounts.apikeys import ApiKeyError, create_api_key
+from fleet.accounts.apikeys import create_api_key
 from fleet.accounts.models import ApiScope
+from fleet.lib.cli import field_errors
 from fleet.lib.env import parse_duration
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -23,6 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, user: str, scope: list[str], name: str, expires: str, model: list[str],
                **options) -> None:
+        require_migrated()
         owner = get_user_model().objects.filter(username=user).first()
         if owner is None:
             raise CommandError(f"--user: no user named {user!r}; create one with createoperator")
@@ -34,9 +37,6 @@ class Command(BaseCommand):
                 expires_at = timezone.now() + timedelta(seconds=parse_duration(expires))
             except ValueError as error:
                 raise CommandError(f"--expires: {error}") from None
-        try:
+        with field_errors(scope="--scope", name="--name", expires="--expires", allowed_models="--model"):
             _, plaintext = create_api_key("cli", owner, scope, name, expires_at=expires_at, allowed_models=model)
-        except ApiKeyError as error:
-            option = {"scope": "--scope", "expires": "--expires", "allowed_models": "--model"}[error.field]
-            raise CommandError(f"{option}: {error}") from None
         self.stdout.write(plaintext)

@@ -8,6 +8,7 @@ from django.db import transaction
 
 from fleet.accounts import audit
 from fleet.accounts.models import Role
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -20,6 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--email", default="")
 
     def handle(self, *args, username: str, role: str, password: str | None, email: str, **options) -> None:
+        require_migrated()
         User = get_user_model()
         generated = password is None
         if generated:

@@ -3,13 +3,21 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet import demo
-from fleet.hub.demo_model import publish_demo_model
+from fleet.hub import smollm2
+from fleet.hub.catalog import find_version
+from fleet.hub.demo_model import DEMO_REPO, publish_demo_model, publish_smollm2, rollout_bytes
+from fleet.hub.models import ModelVersion
+from fleet.inventory.models import NodeKind
 from fleet.lib.env import ConfigError, env_int
+from fleet.lib.units import format_bytes
 
 
 class Command(BaseCommand):
@@ -28,13 +36,16 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         call_command("migrate", interactive=False, verbosity=0)
         demo.ensure_admin(self.stdout)
-        publish_demo_model(self.stdout)  # a tiny Llama in the /hf mirror, ready to deploy from the Models page
         server = f"http://{host}:{port}"
         processes: list[subprocess.Popen] = []
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         try:
+            # SmolLM2's one-time conversion (a child process) runs while the server starts and nodes enroll.
+            converting = ThreadPoolExecutor(1, thread_name_prefix="smollm2").submit(
+                smollm2.ensure_converted, Path(settings.FLEET_DEMO_MODELS) / smollm2.FOLDER, self.stdout.write, stop)
+            tiny = find_version(DEMO_REPO, publish_demo_model(self.stdout))  # a tiny Llama in the /hf mirror
             daphne = subprocess.Popen(
                 [sys.executable, "-m", "fleet.serve", "-b", host, "-p", str(port), "fleet.asgi:application"],
                 start_new_session=True,
@@ -42,6 +53,13 @@ class Command(BaseCommand):
             processes.append(daphne)
             demo.wait_for_http(f"{server}/accounts/login/", 30, daphne)
             demo.enroll_missing(fleet_nodes, server)
+            models = {NodeKind.GPU_SERVER: self._smollm2(converting) or tiny, NodeKind.EDGE_DEVICE: tiny}
+            if stop.is_set():
+                return
+            queued = demo.deploy_missing(demo.deploy_plan(fleet_nodes, models), self.stdout)
+            if queued:
+                self.stdout.write(f"deploying: {models[NodeKind.GPU_SERVER]} on the GPU servers, "
+                                  f"{tiny} on the edge devices ({queued} nodes)")
             for node in fleet_nodes:
                 agent = demo.start_agent(node)
                 processes.append(agent)
@@ -55,5 +73,22 @@ class Command(BaseCommand):
         except demo.DemoError as error:
             raise CommandError(str(error)) from None
         finally:
+            stop.set()  # also ends a conversion still running
             demo.stop_all(list(reversed(processes)))
             self.stdout.write("stopped")
+
+    def _smollm2(self, converting: Future) -> ModelVersion | None:
+        """SmolLM2 v1 once published (v2 and v3-broken beside it), or None with a warning when it cannot be
+        built here: the demo then runs the tiny model everywhere."""
+        try:
+            converting.result()
+            versions = publish_smollm2(self.stdout)
+        except (smollm2.SmolLM2Error, OSError) as error:
+            self.stdout.write(self.style.WARNING(f"SmolLM2 left out: {error}"))
+            return None
+        v1, v2 = versions["v1"], versions["v2"]
+        weights = {version.files.get(path=smollm2.WEIGHTS).lfs_sha256 for version in (v1, v2)}
+        shared = f"v1 and v2 share {smollm2.WEIGHTS} (sha256 {min(weights)[:12]})" if len(weights) == 1 else ""
+        self.stdout.write(f"{smollm2.REPO}: {shared or 'v1 and v2 have different weights'}; rolling v1 → v2 moves "
+                          f"{format_bytes(rollout_bytes(v1, v2))} of {format_bytes(v2.total_size)}")
+        return v1

@@ -9,10 +9,11 @@ from fleet import engine
 
 
 class Command(BaseCommand):
-    help = "Run Fleet's background loop (offline detection, and later rollouts, hub sync, retention)."
+    help = "Run Fleet's background work (offline detection, hub sync, retention, rollouts); one engine leads."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--once", action="store_true", help="run every task once and exit")
+        parser.add_argument("--once", action="store_true",
+                            help="run every task once now, leading or not (they are idempotent), and exit")
 
     def handle(self, *args, once: bool, **options) -> None:
         executor = MigrationExecutor(connection)

@@ -1,8 +1,9 @@
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
-from fleet.hub import store, upstream
-from fleet.hub.catalog import CatalogError
 from fleet.hub.services import add_version, preview
+from fleet.lib.cli import field_errors
+from fleet.lib.migrations import require_migrated
+from fleet.lib.units import format_bytes
 
 
 class Command(BaseCommand):
@@ -16,19 +17,18 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="only show what would be added")
 
     def handle(self, *args, repo: str, revision: str, allow: list[str], dry_run: bool, **options) -> None:
+        require_migrated()
         token = ""  # FLEET_HF_TOKEN applies; per-model tokens are set in the web form (never on a command line)
-        try:
+        with field_errors(revision="--revision", allow_patterns="--allow", allow="--allow"):
             if dry_run:
                 resolved = preview(repo, revision, token, allow or None)
                 for entry in resolved.entries:
-                    self.stdout.write(f"  {store.human_size(entry.size):>10}  {entry.path}")
+                    self.stdout.write(f"  {format_bytes(entry.size):>10}  {entry.path}")
                 self.stdout.write(f"{repo}@{resolved.sha}: {len(resolved.entries)} files, "
-                                  f"{store.human_size(resolved.total_size)} (skipped {len(resolved.skipped)})")
+                                  f"{format_bytes(resolved.total_size)} (skipped {len(resolved.skipped)})")
                 return
-            version = add_version("addmodel", repo, revision, token, allow or None, sync_now=False)
-        except (CatalogError, upstream.UpstreamError) as error:
-            raise CommandError(f"{error.field}: {error.message}") from None
+            version = add_version("addmodel", repo, revision, token, allow or None)
         self.stdout.write(self.style.SUCCESS(
-            f"added {repo}@{version.sha} ({version.file_count} files, {store.human_size(version.total_size)}); "
+            f"added {repo}@{version.sha} ({version.file_count} files, {format_bytes(version.total_size)}); "
             f"{version.get_approval_display().lower()}; the engine fetches it, nodes may pull it through now"))
         self.stdout.write(version.sha)

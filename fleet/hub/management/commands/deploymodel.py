@@ -3,6 +3,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.hub import commands
 from fleet.hub.models import CommandKind, ModelVersion
 from fleet.inventory.models import Node
+from fleet.lib.cli import field_errors
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -16,6 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--activate", action="store_true", help="with deploy: activate once staged")
 
     def handle(self, *args, kind: str, node: str, repo: str, revision: str | None, activate: bool, **options):
+        require_migrated()
         target = Node.objects.filter(name=node).first()
         if target is None:
             raise CommandError(f"--node: no node named {node!r}")
@@ -28,8 +31,6 @@ class Command(BaseCommand):
                        or versions.filter(revision=revision).order_by("-created_at").first())
             if version is None:
                 raise CommandError(f"--revision: {repo}@{revision} is not registered; add it first")
-        try:
+        with field_errors(kind="kind", node="--node", version="--revision"):
             command = commands.create("deploymodel", target, kind, version, activate=activate, repo=repo)
-        except commands.CommandError as error:
-            raise CommandError(f"--{error.field}: {error.message}") from None
         self.stdout.write(command.command_id)

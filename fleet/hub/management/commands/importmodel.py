@@ -3,8 +3,10 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet.hub import store
-from fleet.hub.catalog import CatalogError
 from fleet.hub.importer import import_folder
+from fleet.lib.cli import field_errors
+from fleet.lib.migrations import require_migrated
+from fleet.lib.units import format_bytes
 
 
 class Command(BaseCommand):
@@ -18,13 +20,13 @@ class Command(BaseCommand):
                             help="only import matching files (repeatable; default: everything)")
 
     def handle(self, *args, path: str, repo: str, revision: str, allow: list[str], **options) -> None:
+        require_migrated()
         try:
-            version, created = import_folder("importmodel", Path(path).expanduser(), repo, revision, allow or None)
-        except CatalogError as error:
-            raise CommandError(f"{error.field}: {error.message}") from None
+            with field_errors(repo="--repo", revision="--revision", allow="--allow"):
+                version, created = import_folder("importmodel", Path(path).expanduser(), repo, revision, allow or None)
         except (store.StoreError, OSError) as error:
             raise CommandError(str(error)) from None
-        size = store.human_size(version.total_size)
+        size = format_bytes(version.total_size)
         if created:
             self.stdout.write(self.style.SUCCESS(
                 f"imported {repo}@{version.sha} (revision {revision}): {version.file_count} files, {size}"))

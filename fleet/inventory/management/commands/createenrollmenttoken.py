@@ -2,8 +2,10 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from fleet.inventory.services import InventoryError, create_enrollment_token
+from fleet.inventory.services import create_enrollment_token
+from fleet.lib.cli import field_errors
 from fleet.lib.env import parse_duration
+from fleet.lib.migrations import require_migrated
 
 
 class Command(BaseCommand):
@@ -15,12 +17,11 @@ class Command(BaseCommand):
         parser.add_argument("--note", default="", help="a note shown on the enrollment page")
 
     def handle(self, *args, expires: str, uses: int, note: str, **options) -> None:
+        require_migrated()
         try:
             ttl = timedelta(seconds=parse_duration(expires))
         except ValueError as error:
             raise CommandError(f"--expires: {error}") from None
-        try:
+        with field_errors(expires="--expires", uses="--uses", note="--note"):
             _, plaintext = create_enrollment_token("cli", ttl=ttl, uses=uses, note=note)
-        except InventoryError as error:
-            raise CommandError(f"--{error.field}: {error.message}") from None
         self.stdout.write(plaintext)
