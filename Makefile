@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean bench-telemetry
+.PHONY: demo test lint install clean bench-telemetry bench-chat
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Fleet needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -43,3 +43,6 @@ clean:
 
 bench-telemetry: $(TEST_STAMP)
 	$(BIN)/python bench/telemetry.py --search
+
+bench-chat: $(STAMP)
+	$(BIN)/python bench/chat.py

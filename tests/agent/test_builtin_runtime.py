@@ -275,6 +275,21 @@ async def test_concurrent_requests_queue_instead_of_interleaving(node):
     assert list(streamed) == [*expected, expected[0]]
 
 
+async def test_a_burst_of_new_connections_is_not_dropped(node):
+    """The agent opens a connection per chat in flight: 64 arriving at once must all be answered (the stdlib
+    server's default listen backlog of 5 dropped most of them before any response)."""
+    body = {"model": GOOD, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=0)
+    async with httpx2.AsyncClient(base_url=node.http.base_url, timeout=60, trust_env=False, limits=limits) as http:
+        async def streamed() -> str:
+            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                return "".join([line async for line in response.aiter_lines()])
+
+        answers = await asyncio.gather(*(streamed() for _ in range(64)), return_exceptions=True)
+    failed = [repr(answer) for answer in answers if isinstance(answer, Exception) or "[DONE]" not in answer]
+    assert not failed, failed
+
+
 async def idle(node: Node) -> bool:
     return (await node.stats())["requests_active"] == 0
 

@@ -27,6 +27,9 @@ QUIET_PATHS = {"/health", "/v1/models", "/fleet/stats"}  # probes: not worth a l
 class RuntimeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of new connections (the agent opens one per chat in
+    # flight) overflowed it and clients saw their connection dropped before any answer (httpx ReadError).
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], engine: Engine, served_name: str):
         super().__init__(address, Handler)
