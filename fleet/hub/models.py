@@ -169,6 +169,11 @@ class CommandKind(models.TextChoices):
     ACTIVATE = "activate", "Activate"
     REMOVE = "remove", "Remove"
     ROLLBACK = "rollback", "Roll back"
+    HEALTHCHECK = "healthcheck", "Health check"
+
+
+# What a person may queue by hand; health checks come from rollouts only.
+MANUAL_COMMAND_KINDS = [CommandKind.DEPLOY, CommandKind.ACTIVATE, CommandKind.REMOVE, CommandKind.ROLLBACK]
 
 
 class CommandState(models.TextChoices):
@@ -180,15 +185,16 @@ class CommandState(models.TextChoices):
     ACTIVATING = "activating", "Activating"
     ACTIVE = "active", "Active"
     REMOVED = "removed", "Removed"
+    SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
 
     @property
     def colour(self) -> str:
-        return {"staged": "green", "active": "green", "removed": "grey", "failed": "red",
+        return {"staged": "green", "active": "green", "succeeded": "green", "removed": "grey", "failed": "red",
                 "pending": "grey", "sent": "grey"}.get(self.value, "amber")
 
 
-TERMINAL_COMMAND_STATES = {CommandState.ACTIVE, CommandState.REMOVED, CommandState.FAILED}
+TERMINAL_COMMAND_STATES = {CommandState.ACTIVE, CommandState.REMOVED, CommandState.SUCCEEDED, CommandState.FAILED}
 
 
 class NodeCommand(models.Model):
@@ -206,6 +212,10 @@ class NodeCommand(models.Model):
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
     error = models.CharField(max_length=500, blank=True)
+    prompt = models.TextField(blank=True, help_text="A health check's prompt.")
+    expect = models.CharField(max_length=1000, blank=True, help_text="Text a health check's answer must contain.")
+    timeout = models.FloatField(default=60.0, help_text="Seconds a health check may take.")
+    detail = models.TextField(blank=True, help_text="What the agent answered (a health check's reply).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
