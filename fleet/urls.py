@@ -14,6 +14,7 @@ urlpatterns = [
     path("models/", include("fleet.hub.urls")),
     path("playground/", include("fleet.playground.urls")),
     path("v1/", include("fleet.playground.urls_gateway")),
+    path("", include("fleet.rollouts.urls")),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
     path("", include("fleet.web.urls")),
