@@ -164,8 +164,8 @@ class TargetOut(Schema):
 class EventOut(Schema):
     at: datetime
     node: str | None
-    from_: str = Field(alias="from")
-    to: str
+    from_state: str
+    to_state: str
     why: str
     by: str
 

@@ -118,6 +118,6 @@ def rollout_json(rollout: Rollout, targets: list[RolloutTarget], events: list[Ro
     }
     if events is not None:
         data["events"] = [{"at": e.created_at, "node": e.target.node.name if e.target else None,
-                           "from": e.from_state, "to": e.to_state, "why": e.why, "by": e.actor_name}
+                           "from_state": e.from_state, "to_state": e.to_state, "why": e.why, "by": e.actor_name}
                           for e in events]
     return data

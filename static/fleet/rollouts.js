@@ -45,7 +45,7 @@
     const rows = (data.events || []).map(function (e) {
       const tr = document.createElement("tr");
       tr.append(cell(new Date(e.at).toISOString().slice(11, 19), "nowrap"), cell(e.node || "rollout"),
-        cell((e.from || "—") + " → " + e.to, "nowrap"), cell(e.why, "small"), cell(e.by));
+        cell((e.from_state || "—") + " → " + e.to_state, "nowrap"), cell(e.why, "small"), cell(e.by));
       return tr;
     });
     body.replaceChildren(...rows);

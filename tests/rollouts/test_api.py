@@ -90,6 +90,7 @@ def test_viewers_read_deployments_versions_and_rollouts(deployment, charlie, bob
     assert body["id"] == rollout.pk and body["state"] == "progressing" and body["reason"] == ""
     assert sorted(t["node"] for t in body["targets"]) == ["gpu-01", "gpu-02", "gpu-03"]
     assert {t["state"] for t in body["targets"]} == {"scheduled"} and all(t["error"] == "" for t in body["targets"])
+    assert body["events"][-1]["to_state"] == "pending" and body["events"][-1]["by"] == "bob"
     assert client.get("/api/deployments/").json()[0]["rollout"]["id"] == rollout.pk
     assert client.get("/api/rollouts/999999/").status_code == 404
 
