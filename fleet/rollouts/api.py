@@ -159,6 +159,8 @@ class TargetOut(Schema):
     on: str
     attempt: int
     error: str
+    bytes_done: int = Field(0, description="while it stages: bytes downloaded so far")
+    bytes_total: int = 0
 
 
 class EventOut(Schema):

@@ -8,6 +8,12 @@
   const colours = JSON.parse(document.getElementById("rollout-colours").textContent);
   const TERMINAL = ["succeeded", "aborted", "superseded"];
   const label = (s) => s.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  function size(n) {
+    let u = 0;
+    while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
+    return u ? n.toFixed(1) + " " + units[u] : n + " B";
+  }
 
   function cell(text, cls) {
     const td = document.createElement("td");
@@ -30,6 +36,15 @@
       el.className = "target target-" + (colours.target[t.state] || "grey");
       el.querySelector("[data-target-state]").textContent = label(t.state);
       el.querySelector("[data-target-error]").textContent = t.error || "";
+      const download = el.querySelector("[data-target-download]");
+      const moving = t.bytes_total > 0 && (t.state === "scheduled" || t.state === "downloading");
+      download.classList.toggle("idle", !moving);
+      if (moving) {
+        const pct = Math.min(100, Math.floor((100 * t.bytes_done) / t.bytes_total));
+        download.querySelector(".progress span").style.width = pct + "%";
+        download.querySelector(".progress").setAttribute("aria-valuenow", String(pct));
+        download.querySelector("[data-target-bytes]").textContent = size(t.bytes_done) + " / " + size(t.bytes_total);
+      }
     }
     for (const [wave, w] of Object.entries(waves)) {
       const el = root.querySelector('.wave-progress[data-wave="' + wave + '"]');

@@ -197,3 +197,20 @@ def test_an_aborted_rollout_leaves_the_deployment_on_its_old_version(deployment,
     [listed] = [d for d in client.get("/api/deployments/").json() if d["name"] == "chat-default"]
     assert listed["version"]["revision"] == "v1" and listed["rollout"]["state"] == "aborted"
     assert AuditEvent.objects.filter(action="rollout.abort", actor__username="bob").exists()
+
+
+def test_targets_report_their_download_progress(deployment, bob, charlie) -> None:
+    from fleet.agent.protocol import CommandEvent
+    from fleet.hub import commands as hub_commands
+    from fleet.hub.models import NodeCommand
+
+    rollout = services.create_rollout(bob, deployment, "v2", SOAK_ONLY)
+    command = NodeCommand.objects.select_related("node").get(node__name="gpu-02", kind="deploy")
+    hub_commands.record_event(command.node_id, CommandEvent(type="event", command_id=command.command_id,
+                                                            state="downloading", bytes_done=512, bytes_total=2048))
+    driver.tick()
+    targets = {t["node"]: t for t in bearer(charlie).get(f"/api/rollouts/{rollout.pk}/").json()["targets"]}
+    assert (targets["gpu-02"]["state"], targets["gpu-02"]["bytes_done"], targets["gpu-02"]["bytes_total"]) == (
+        "downloading", 512, 2048)
+    page = session(charlie).get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert "512 B / 2.0 KiB" in page
