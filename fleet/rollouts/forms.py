@@ -6,7 +6,8 @@ from typing import Any
 
 from django import forms
 
-from fleet.hub.models import ApprovalState, ModelVersion
+from fleet.hub.models import ApprovalState, HubModel, ModelVersion
+from fleet.inventory.models import Node, NodeStatus
 from fleet.rollouts.models import Deployment
 from fleet.rollouts.strategy import HealthCheckSpec, Strategy
 
@@ -89,3 +90,25 @@ class RolloutForm(forms.Form):
         if field == "version":
             name = "version"
         self.add_error(name, message)
+
+
+class DeploymentForm(forms.Form):
+    name = forms.SlugField(max_length=63, help_text="what clients ask for as model, e.g. chat-default")
+    repo = forms.ModelChoiceField(queryset=HubModel.objects.order_by("repo_id"), to_field_name="repo_id",
+                                  empty_label="Choose a model")
+    version = forms.CharField(max_length=255, help_text="a revision name (v1, main) or a sha of an approved version")
+    selector = forms.CharField(required=False, max_length=500, label="Label selector",
+                               help_text="nodes carrying all these labels belong: role=chat, zone=a")
+    nodes = forms.ModelMultipleChoiceField(
+        queryset=Node.objects.exclude(status=NodeStatus.REVOKED).order_by("name"), to_field_name="name",
+        required=False, help_text="nodes that belong whatever their labels")
+    runtime = forms.ChoiceField(choices=[("builtin", "builtin"), ("vllm", "vllm"), ("llamacpp", "llama.cpp")])
+
+    def clean_selector(self) -> dict[str, str]:
+        selector = {}
+        for part in filter(None, (item.strip() for item in self.cleaned_data["selector"].split(","))):
+            key, equals, value = part.partition("=")
+            if not equals or not key.strip():
+                raise forms.ValidationError(f"{part!r}: write labels as key=value, separated by commas")
+            selector[key.strip()] = value.strip()
+        return selector

@@ -6,6 +6,7 @@ from fleet.rollouts import views
 
 urlpatterns = [
     path("deployments/", views.deployment_list, name="deployment-list"),
+    path("deployments/new/", views.deployment_new, name="deployment-new"),
     path("deployments/<slug:name>/", views.deployment_detail, name="deployment-detail"),
     path("deployments/<slug:name>/rollouts/new/", views.rollout_new, name="rollout-new"),
     path("rollouts/<int:pk>/", views.rollout_detail, name="rollout-detail"),

@@ -15,7 +15,7 @@ from fleet.inventory.models import Node
 from fleet.lib.errors import FieldError
 from fleet.lib.http import paginate
 from fleet.rollouts import overview, preview, services, transitions
-from fleet.rollouts.forms import RolloutForm
+from fleet.rollouts.forms import DeploymentForm, RolloutForm
 from fleet.rollouts.models import Deployment, Rollout, RolloutStatus, TargetStatus
 from fleet.rollouts.strategy import Strategy
 
@@ -26,6 +26,23 @@ ACTIONS = ("pause", "resume", "abort", "rollback", "retry")
 @viewer_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
     return render(request, "rollouts/deployment_list.html", {"deployments": overview.deployments()})
+
+
+@operator_required
+def deployment_new(request: HttpRequest) -> HttpResponse:
+    form = DeploymentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            deployment = services.create_deployment(
+                request.user, data["name"], data["repo"].repo_id, data["version"], selector=data["selector"],
+                nodes=[node.name for node in data["nodes"]], runtime=data["runtime"])
+        except FieldError as error:
+            form.add_error(error.field if error.field in form.fields else None, error.message)
+        else:
+            messages.success(request, f"Deployment {deployment.name} created.")
+            return redirect("deployment-detail", deployment.name)
+    return render(request, "rollouts/deployment_new.html", {"form": form})
 
 
 def _deployment(name: str) -> Deployment:

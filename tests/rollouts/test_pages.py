@@ -10,7 +10,7 @@ from fleet.accounts.models import AuditEvent
 from fleet.hub.models import Blob, HubModel, InstallState, ModelVersion, NodeInstall, VersionFile
 from fleet.inventory.models import NodeStatus
 from fleet.rollouts import driver, services
-from fleet.rollouts.models import Rollout
+from fleet.rollouts.models import Deployment, Rollout
 from tests.rollouts.test_services import agents_answer
 
 SOAK_ONLY = {"healthcheck": None, "min_ready_seconds": 5}
@@ -142,3 +142,22 @@ def test_page_queries_stay_flat_as_targets_grow(setup, charlie, django_assert_ma
             client.get("/deployments/chat-default/")
         counts[round_] = len(captured.captured_queries)
     assert counts[0] == counts[1], counts
+
+
+def test_operators_create_deployments_from_the_page(setup, bob, charlie) -> None:
+    assert login(charlie).get("/deployments/new/").status_code == 403
+    client = login(bob)
+    assert b"New deployment" in client.get("/deployments/").content
+    bad = client.post("/deployments/new/", {"name": "edge", "repo": "acme/tiny", "version": "v9",
+                                            "selector": "role=edge", "runtime": "builtin"})
+    assert bad.status_code == 200 and b"has no version v9" in bad.content
+    bad = client.post("/deployments/new/", {"name": "edge", "repo": "acme/tiny", "version": "v1",
+                                            "selector": "role", "runtime": "builtin"})
+    assert b"write labels as key=value" in bad.content
+    response = client.post("/deployments/new/", {"name": "edge", "repo": "acme/tiny", "version": "v1",
+                                                 "selector": "role=chat, zone=a", "nodes": ["gpu-99"],
+                                                 "runtime": "llamacpp"})
+    assert response.status_code == 302 and response["Location"] == "/deployments/edge/"
+    edge = Deployment.objects.get(name="edge")
+    assert edge.selector == {"role": "chat", "zone": "a"} and [n.name for n in edge.nodes.all()] == ["gpu-99"]
+    assert AuditEvent.objects.filter(action="deployment.create", actor=bob).exists()
