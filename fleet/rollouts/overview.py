@@ -10,7 +10,7 @@ from django.db.models import OuterRef, Subquery
 
 from fleet.hub.models import InstallState, ModelVersion, NodeCommand, NodeInstall
 from fleet.inventory.models import Node, NodeStatus
-from fleet.rollouts.models import Deployment, Rollout, RolloutEvent, RolloutTarget
+from fleet.rollouts.models import ACTIVE_ROLLOUT_STATES, Deployment, Rollout, RolloutEvent, RolloutTarget
 
 
 def version_ref(version: ModelVersion | None) -> dict[str, str] | None:
@@ -129,3 +129,27 @@ def rollout_json(rollout: Rollout, targets: list[RolloutTarget], events: list[Ro
                            "from_state": e.from_state, "to_state": e.to_state, "why": e.why, "by": e.actor_name}
                           for e in events]
     return data
+
+
+@dataclass
+class Membership:
+    deployment: Deployment
+    serving: dict[str, str] | None
+    in_sync: bool
+    rollout: Rollout | None  # a rollout of it under way
+
+
+def node_deployments(node: Node) -> list[Membership]:
+    """The deployments ``node`` belongs to, each with what it wants and what the node serves; three
+    queries (the deployments with their listed nodes, the node's installs, the rollouts under way)."""
+    rows = [row for row in Deployment.objects.select_related("model", "desired_version").prefetch_related("nodes")
+            if any(member.pk == node.pk for member in row.nodes.all()) or row.selects(node.labels or {})]
+    if not rows:
+        return []
+    serving = {repo: {"sha": sha, "revision": revision or sha[:12]} for repo, sha, revision in
+               NodeInstall.objects.filter(node=node, state=InstallState.ACTIVE).values_list(
+                   "repo", "sha", "version__revision")}
+    running = {r.deployment_id: r for r in Rollout.objects.filter(
+        deployment__in=rows, state__in=ACTIVE_ROLLOUT_STATES).select_related("to_version")}
+    return [Membership(row, serving.get(row.repo), serving.get(row.repo, {}).get("sha") == row.desired_version.sha,
+                       running.get(row.pk)) for row in rows]

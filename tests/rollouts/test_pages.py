@@ -161,3 +161,14 @@ def test_operators_create_deployments_from_the_page(setup, bob, charlie) -> None
     edge = Deployment.objects.get(name="edge")
     assert edge.selector == {"role": "chat", "zone": "a"} and [n.name for n in edge.nodes.all()] == ["gpu-99"]
     assert AuditEvent.objects.filter(action="deployment.create", actor=bob).exists()
+
+
+def test_the_node_page_shows_its_deployments_desired_against_actual(setup, charlie) -> None:
+    deployment, _, _ = setup
+    rollout = services.create_rollout("engine", deployment, "v2", SOAK_ONLY)
+    node = deployment.nodes.model.objects.get(name="gpu-99")
+    page = login(charlie).get(f"/nodes/{node.pk}/").content.decode()
+    assert 'href="/deployments/chat-default/"' in page and "nothing reported" in page
+    assert f"#{rollout.pk} → v2" in page
+    other = deployment.nodes.model.objects.create(name="cpu-01", hostname="cpu-01.lan", labels={"role": "batch"})
+    assert "chat-default" not in login(charlie).get(f"/nodes/{other.pk}/").content.decode()

@@ -11,6 +11,7 @@ from fleet.hub.models import ModelVersion
 from fleet.inventory.models import Node, NodeCredential, NodeRuntime
 from fleet.inventory.queries import node_payload, with_gpu_counts
 from fleet.lib.http import paginate
+from fleet.rollouts import overview as rollout_overview
 from fleet.telemetry.models import Alert
 from fleet.web.forms import NodeFilterForm
 
@@ -51,7 +52,7 @@ def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "web/node_detail.html",
         {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}",
-         "runtimes": runtimes,
+         "runtimes": runtimes, "memberships": rollout_overview.node_deployments(node),
          "node_alerts": list(Alert.objects.filter(node=node).select_related("node")[:12])},
     )
 
