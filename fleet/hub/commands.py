@@ -18,6 +18,7 @@ from fleet import events
 from fleet.accounts import audit
 from fleet.agent import protocol
 from fleet.hub.models import (
+    MANUAL_COMMAND_KINDS,
     ApprovalState,
     CommandKind,
     CommandState,
@@ -40,14 +41,16 @@ def _final_states(command: NodeCommand) -> set[str]:
         return {CommandState.FAILED, CommandState.ACTIVE if command.activate else CommandState.STAGED}
     if command.kind == CommandKind.REMOVE:
         return {CommandState.FAILED, CommandState.REMOVED}
+    if command.kind == CommandKind.HEALTHCHECK:
+        return {CommandState.FAILED, CommandState.SUCCEEDED}
     return {CommandState.FAILED, CommandState.ACTIVE}
 
 
 def create(actor: Any, node: Node, kind: str, version: ModelVersion | None = None, *, activate: bool = False,
            repo: str = "") -> NodeCommand:
     """Queue a command for ``node``; the agent gets it after commit (now if connected, else on reconnect)."""
-    if kind not in CommandKind.values:
-        raise FieldError("kind", f"kind must be one of {', '.join(CommandKind.values)}")
+    if kind not in MANUAL_COMMAND_KINDS:
+        raise FieldError("kind", f"kind must be one of {', '.join(MANUAL_COMMAND_KINDS)}")
     if node.status == NodeStatus.REVOKED:
         raise FieldError("node", f"{node.name} is revoked; it can no longer receive commands")
     if kind != CommandKind.ROLLBACK:
@@ -88,6 +91,9 @@ def frame_for(command: NodeCommand) -> protocol.BaseModel:
         return protocol.Activate(type="activate", sha=command.sha, **common)
     if command.kind == CommandKind.REMOVE:
         return protocol.Remove(type="remove", sha=command.sha, **common)
+    if command.kind == CommandKind.HEALTHCHECK:
+        return protocol.HealthCheck(type="healthcheck", sha=command.sha, prompt=command.prompt,
+                                    expect=command.expect or None, timeout=command.timeout, **common)
     return protocol.Rollback(type="rollback", **common)
 
 
@@ -147,6 +153,8 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
         fields["bytes_done"] = event.bytes_done
     if event.bytes_total:
         fields["bytes_total"] = event.bytes_total
+    if event.detail is not None and final:
+        fields["detail"] = event.detail
     with transaction.atomic():
         query = NodeCommand.objects.filter(pk=command.pk)
         if not final:
@@ -155,7 +163,7 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
             fields["finished_at"] = command.finished_at or timezone.now()
         if not query.update(**fields):
             return command
-        if final and state != CommandState.FAILED:
+        if final and state != CommandState.FAILED and command.kind != CommandKind.HEALTHCHECK:
             _apply_install(command, state)
         if final:
             audit.record(f"agent:{command.node.name}", f"model.{command.kind}.{state}", command.node,
@@ -219,16 +227,21 @@ def mirror_url(scope: dict) -> str:
 
 
 
-def ensure(actor: Any, items: list[tuple[Node | int, str, ModelVersion, str]], *, activate: bool = False
-           ) -> list[str]:
+def ensure(actor: Any, items: list[tuple[Node | int, str, ModelVersion, str]], *, activate: bool = False,
+           healthcheck: dict[str, Any] | None = None) -> list[str]:
     """Queue commands under stable ids chosen by the caller (rollouts, deployments), each ``(node, kind,
     version, command_id)``: an id that exists already is left alone, so a resent command is never done
-    twice. Returns the ids it created; ``activate`` makes deploy commands activate once staged. The caller
+    twice. Returns the ids it created; ``activate`` makes deploy commands activate once staged;
+    ``healthcheck`` (``prompt``, ``expect``, ``timeout``) is what health-check commands ask. The caller
     orders the steps (stage before activate), so the checks of `create` that guard a person's clicks do not
     apply. Two queries for any number of commands; call it inside the caller's transaction (agents are
     told after commit)."""
-    if any(kind not in (CommandKind.DEPLOY, CommandKind.ACTIVATE) for _, kind, _, _ in items):
-        raise FieldError("kind", "rollouts queue deploy and activate commands only")
+    allowed = (CommandKind.DEPLOY, CommandKind.ACTIVATE, CommandKind.HEALTHCHECK)
+    if any(kind not in allowed for _, kind, _, _ in items):
+        raise FieldError("kind", "rollouts queue deploy, activate and health-check commands only")
+    check = healthcheck or {}
+    if any(kind == CommandKind.HEALTHCHECK for _, kind, _, _ in items) and not check.get("prompt"):
+        raise FieldError("healthcheck", "a health check needs a prompt")
     existing = set(NodeCommand.objects.filter(command_id__in=[item[3] for item in items])
                    .values_list("command_id", flat=True))
     user = actor if getattr(actor, "pk", None) else None
@@ -237,10 +250,13 @@ def ensure(actor: Any, items: list[tuple[Node | int, str, ModelVersion, str]], *
         if command_id in seen:
             continue
         seen.add(command_id)
+        probe = kind == CommandKind.HEALTHCHECK
         new.append(NodeCommand(
             command_id=command_id, node_id=getattr(node, "pk", node), kind=kind, version=version,
             repo=version.model.repo_id, sha=version.sha, created_by=user, activate=activate and kind == "deploy",
-            bytes_total=version.total_size if kind == CommandKind.DEPLOY else 0))
+            bytes_total=version.total_size if kind == CommandKind.DEPLOY else 0,
+            prompt=check["prompt"] if probe else "", expect=(check.get("expect") or "") if probe else "",
+            timeout=float(check.get("timeout") or 60.0) if probe else 60.0))
     NodeCommand.objects.bulk_create(new)
     for command in new:  # logged by the caller (RolloutEvent rows); the operator's act is in the audit log
         events.publish(events.node_group(command.node_id), {"type": "agent.command", "command_id": command.command_id})

@@ -178,6 +178,11 @@ class CommandKind(models.TextChoices):
     ACTIVATE = "activate", "Activate"
     REMOVE = "remove", "Remove"
     ROLLBACK = "rollback", "Roll back"
+    HEALTHCHECK = "healthcheck", "Health check"
+
+
+# What a person may queue by hand; health checks come from rollouts only.
+MANUAL_COMMAND_KINDS = [CommandKind.DEPLOY, CommandKind.ACTIVATE, CommandKind.REMOVE, CommandKind.ROLLBACK]
 
 
 class CommandState(ColouredChoices):
@@ -189,6 +194,7 @@ class CommandState(ColouredChoices):
     ACTIVATING = "activating", "Activating", "amber"
     ACTIVE = "active", "Active", "green"
     REMOVED = "removed", "Removed", "grey"
+    SUCCEEDED = "succeeded", "Succeeded", "green"
     FAILED = "failed", "Failed", "red"
 
 
@@ -207,6 +213,10 @@ class NodeCommand(models.Model):
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
     error = models.CharField(max_length=500, blank=True)
+    prompt = models.TextField(blank=True, help_text="A health check's prompt.")
+    expect = models.CharField(max_length=1000, blank=True, help_text="Text a health check's answer must contain.")
+    timeout = models.FloatField(default=60.0, help_text="Seconds a health check may take.")
+    detail = models.TextField(blank=True, help_text="What the agent answered (a health check's reply).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

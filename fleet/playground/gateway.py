@@ -59,6 +59,11 @@ def _method_not_allowed(allowed: str) -> JsonResponse:
     return response
 
 
+def _listed_models(key: ApiKey) -> list[dict[str, Any]]:
+    return [{"id": name, "object": "model", "created": 0, "owned_by": "fleet"} for name in targets.served_models()
+            if not key.allowed_models or _allowed(key, name, targets.resolve_model(name)[0])]
+
+
 @csrf_exempt
 async def models_view(request: HttpRequest) -> HttpResponse:
     if request.method != "GET":
@@ -67,9 +72,7 @@ async def models_view(request: HttpRequest) -> HttpResponse:
         key = await _authenticate(request)
     except GatewayError as error:
         return error.response()
-    names = await sync_to_async(targets.served_models)()
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "fleet"}
-            for name in names if _allowed(key, name, targets.resolve_model(name)[0])]
+    data = await sync_to_async(_listed_models)(key)
     return JsonResponse({"object": "list", "data": data})
 
 
@@ -86,7 +89,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             raise GatewayError(429, f"Rate limit reached for this API key; retry in {math.ceil(wait)} s",
                                code="rate_limit_exceeded", headers={"Retry-After": str(math.ceil(wait))})
         chat = parse_chat_request(request.body)
-        repo = targets.resolve_model(chat.model)[0]
+        repo = (await sync_to_async(targets.resolve_model)(chat.model))[0]
         if not _allowed(key, chat.model, repo):
             raise GatewayError(403, f"model: this API key may not use {chat.model!r}; its models are "
                                     f"{', '.join(key.allowed_models)}", param="model", code="model_not_allowed")

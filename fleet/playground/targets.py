@@ -15,6 +15,7 @@ from typing import Any
 from fleet.hub.models import HubModel, ModelVersion
 from fleet.inventory.models import Node, NodeRuntime, NodeStatus, RuntimeState
 from fleet.inventory.runtimes import ready_runtimes
+from fleet.rollouts.models import ACTIVE_ROLLOUT_STATES, Deployment, Rollout
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 inflight: Counter[int] = Counter()  # node id → chats in flight from this process (fleet.playground.relay)
@@ -43,10 +44,17 @@ class NoTarget(Exception):
 def resolve_model(name: str) -> tuple[str, str | None]:
     """The one hook for model names: map a requested ``model`` to (repo, pinned sha or None).
 
-    Today every name is a repo id. Deployment names (the rollouts issue) plug in here: look the name
-    up and return the deployment's repo and its desired sha (or None to take any ready version).
+    A repo id (ORG/NAME) is itself. A deployment name (``chat-default``, never with a ``/``) is the
+    deployment's repo at the version it serves; while one of its rollouts runs, the fleet is between two
+    versions, so any ready version of that repo answers.
     """
-    return name, None
+    if "/" in name:
+        return name, None
+    deployment = Deployment.objects.select_related("model", "desired_version").filter(name=name).first()
+    if deployment is None:
+        return name, None
+    rolling = Rollout.objects.filter(deployment=deployment, state__in=ACTIVE_ROLLOUT_STATES).exists()
+    return deployment.repo, None if rolling else deployment.desired_version.sha
 
 
 def _revisions(pairs: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -102,8 +110,14 @@ def _why_none(model: str | None, repo: str | None, sha: str | None, node_id: int
 
 
 def served_models() -> list[str]:
-    """Repo ids with at least one ready runtime on an online node (for /v1/models)."""
-    return sorted(set(ready_runtimes().values_list("repo", flat=True)))
+    """Repo ids with at least one ready runtime on an online node, and the deployments that can answer
+    now (for /v1/models)."""
+    ready = set(ready_runtimes().values_list("repo", "sha"))
+    repos = {repo for repo, _ in ready}
+    rolling = set(Rollout.objects.filter(state__in=ACTIVE_ROLLOUT_STATES).values_list("deployment_id", flat=True))
+    deployments = [name for pk, name, repo, sha in Deployment.objects.filter(model__repo_id__in=repos).values_list(
+        "pk", "name", "model__repo_id", "desired_version__sha") if (repo, sha) in ready or pk in rolling]
+    return sorted(repos) + sorted(deployments)
 
 
 def listing() -> dict[str, Any]:

@@ -24,15 +24,16 @@ _DONE = {
     machine.CommandKind.ACTIVATE: machine.ReportKind.ACTIVATED,
     machine.CommandKind.ROLLBACK_LOCAL: machine.ReportKind.ROLLED_BACK,
     machine.CommandKind.REVERT: machine.ReportKind.REVERTED,
+    machine.CommandKind.HEALTHCHECK: machine.ReportKind.HEALTHY,
 }
-_FINISHED = {CommandState.STAGED, CommandState.ACTIVE}
+_FINISHED = {CommandState.STAGED, CommandState.ACTIVE, CommandState.SUCCEEDED}
 _TRANSFER = {CommandState.DOWNLOADING, CommandState.VERIFYING}
 
 
 def report_for(kind: machine.CommandKind, command: NodeCommand) -> machine.ReportKind | None:
     """What a hub command's state says to the machine (None: nothing new)."""
     if command.state == CommandState.FAILED:
-        return machine.ReportKind.FAILED
+        return machine.ReportKind.UNHEALTHY if kind == machine.CommandKind.HEALTHCHECK else machine.ReportKind.FAILED
     if command.state in _FINISHED:
         return _DONE.get(kind)
     if kind == machine.CommandKind.STAGE and command.state in _TRANSFER:

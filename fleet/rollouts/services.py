@@ -107,11 +107,6 @@ def parse_strategy(data: dict[str, Any] | None) -> Strategy:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise RolloutError(f"strategy.{where}" if where else "strategy", first["msg"]) from None
-    if strategy.healthcheck is not None:
-        # NodeCommand has no health-check kind yet (fleet.hub.commands); until it does, rollouts rely on
-        # the soak and say so rather than pretend to check.
-        raise RolloutError("strategy.healthcheck", "this server cannot send health checks to nodes yet; "
-                                                   "set healthcheck to null to rely on the soak alone")
     return strategy
 
 

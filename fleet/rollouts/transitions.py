@@ -160,20 +160,24 @@ def _update_targets(rollout_id: int, changed: list[machine.Target], snapshot_id:
 
 
 def _dispatch(row: Rollout, commands: list[machine.Command]) -> None:
-    """Machine commands as hub NodeCommands: stage = deploy, activate = activate the new version, a local
-    rollback or a revert = activate the old version again."""
+    """Machine commands as hub NodeCommands: stage = deploy, activate = activate the new version, a health
+    check = the strategy's prompt to the new version, a local rollback or a revert = activate the old
+    version again."""
     items = []
     for command in commands:
         if command.kind == machine.CommandKind.STAGE:
             items.append((command.node, HubKind.DEPLOY, row.to_version, command.id))
         elif command.kind == machine.CommandKind.ACTIVATE:
             items.append((command.node, HubKind.ACTIVATE, row.to_version, command.id))
+        elif command.kind == machine.CommandKind.HEALTHCHECK:
+            items.append((command.node, HubKind.HEALTHCHECK, row.to_version, command.id))
         elif command.kind in (machine.CommandKind.ROLLBACK_LOCAL, machine.CommandKind.REVERT):
             items.append((command.node, HubKind.ACTIVATE, row.from_version, command.id))
-        else:  # services.parse_strategy refuses health checks until the hub can carry them
-            raise machine.Rejected("this server cannot send health checks yet")
     if items:
-        hub_commands.ensure("engine", items)
+        check = (row.strategy or {}).get("healthcheck") or {}
+        hub_commands.ensure("engine", items, healthcheck={
+            "prompt": check.get("prompt") or "", "expect": check.get("expect"),
+            "timeout": check.get("timeout_seconds") or 60.0})
 
 
 def _finished(row: Rollout, after: machine.Rollout) -> None:

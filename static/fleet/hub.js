@@ -31,7 +31,7 @@
     if (badge) { badge.className = "badge badge-" + item.colour; badge.textContent = item.label; }
     const error = el.querySelector(".error-text");
     if (error) error.textContent = item.error || "";
-    if (["synced", "failed", "staged", "active", "removed"].includes(item.state)) {
+    if (["synced", "failed", "staged", "active", "removed", "succeeded"].includes(item.state)) {
       el.setAttribute("data-final", "1");
       // A command finished on a node page: its installed versions changed, so redraw the page once.
       if (el.hasAttribute("data-command-progress") && document.querySelector("[data-node-models]")) reloadSoon();

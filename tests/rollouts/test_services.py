@@ -88,7 +88,6 @@ def test_rollout_validation_names_the_field(deployment, bob) -> None:
     for version, strategy, field in [
         ("v2", {"batch": 0}, "strategy.batch"),
         ("v2", {"healthcheck": {"timeout_seconds": -1}}, "strategy.healthcheck.timeout_seconds"),
-        ("v2", {}, "strategy.healthcheck"),  # no health checks through the hub yet: said, not faked
         ("v1", SOAK_ONLY, "version"),  # already the desired version
         ("nope", SOAK_ONLY, "version"),
     ]:

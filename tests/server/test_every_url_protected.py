@@ -11,11 +11,13 @@ OWN_AUTH = {
     "static-file": "public static assets",
     "api-agent-enroll": "one-time enrollment token in the body",
     "api-agent-rotate": "the node's own bearer secret",
+    "api-root": "django-ninja's root of /api/: always 404",
 }
 OWN_AUTH_MODULES = (
     "fleet.hub.mirror",  # node secret or `hub` API key (tests/hub/test_mirror.py)
     "fleet.telemetry.exporter",  # `metrics` API key or allow-listed address (tests/telemetry/test_exporter.py)
     "fleet.playground.gateway",  # `chat` API key (tests/playground/test_gateway.py)
+    "ninja.operation",  # /api/: every operation needs a session or a rollouts key (tests/rollouts/test_api.py)
     "django.contrib.admin",  # Django admin: staff only
     "django.contrib.auth",
     "django.views.generic.base",  # redirects (e.g. the admin's)

@@ -13,6 +13,7 @@ from fleet.inventory.models import Node, NodeCredential, NodeRuntime
 from fleet.inventory.queries import node_payload, with_gpu_counts
 from fleet.lib.http import paginate
 from fleet.lib.ids import parse_id_list
+from fleet.rollouts import overview as rollout_overview
 from fleet.telemetry.models import Alert
 from fleet.web.forms import NodeFilterForm
 
@@ -54,6 +55,7 @@ def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "web/node_detail.html",
         {"node": node, "gpus": gpus, "credentials": credentials, "live_topics": f"node:{node.pk}",
          "runtimes": runtimes, "hub": node_models_context(node, request.user),
+         "memberships": rollout_overview.node_deployments(node),
          "node_alerts": list(Alert.objects.filter(node=node).select_related("node")[:12])},
     )
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet.hub import commands
-from fleet.hub.models import CommandKind, ModelVersion
+from fleet.hub.models import MANUAL_COMMAND_KINDS, CommandKind, ModelVersion
 from fleet.inventory.models import Node
 from fleet.lib.cli import field_errors
 from fleet.lib.migrations import require_migrated
@@ -11,7 +11,7 @@ class Command(BaseCommand):
     help = "Send a model command to one node: deploy (optionally --activate), activate, remove or rollback."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("kind", choices=CommandKind.values)
+        parser.add_argument("kind", choices=[kind.value for kind in MANUAL_COMMAND_KINDS])
         parser.add_argument("--node", required=True, help="node name")
         parser.add_argument("--repo", required=True, metavar="ORG/NAME")
         parser.add_argument("--revision", help="version: its revision name or sha (not for rollback)")
