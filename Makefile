@@ -36,7 +36,7 @@ lint: $(TEST_STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile  # files in parallel: most tests wait on processes and sockets
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

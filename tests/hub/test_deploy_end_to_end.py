@@ -81,7 +81,7 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
     b = enroll(stack, tmp_path, "node-b", token)
     agents = [node.run("--simulate", "jetson-orin", "--runtime", "none") for node in (a, b)]
     try:
-        wait_until(lambda: stack.node_status("node-a") == stack.node_status("node-b") == "online", 20, "agents")
+        wait_until(lambda: stack.node_status("node-a") == stack.node_status("node-b") == "online", 60, "agents")
         # 1. two nodes deploy the same unsynced version at once: one upstream fetch per blob
         cmd_a = stack.manage("deploymodel", "deploy", "--node", "node-a", "--repo", "acme/tiny", "--revision", "main",
                              "--activate")

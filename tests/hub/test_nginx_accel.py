@@ -54,7 +54,7 @@ http {{
     proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(temp)], stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: proc.poll() is None and _up(url), 10, "nginx")
+        wait_until(lambda: proc.poll() is None and _up(url), 45, "nginx")
         yield stack, upstream, url
     finally:
         proc.terminate()

@@ -52,7 +52,7 @@ def test_two_server_processes_fetch_each_blob_once(production, tmp_path) -> None
     (b.home / "credentials.json").write_text(json.dumps(creds))
     agents = [node.run("--simulate", "jetson-orin", "--runtime", "none") for node in (a, b)]
     try:
-        wait_until(lambda: stack.node_status("node-a") == stack.node_status("node-b") == "online", 20, "online")
+        wait_until(lambda: stack.node_status("node-a") == stack.node_status("node-b") == "online", 90, "online")
         cmd_a = stack.manage("deploymodel", "deploy", "--node", "node-a", "--repo", "acme/tiny", "--revision", "main")
         cmd_b = stack.manage("deploymodel", "deploy", "--node", "node-b", "--repo", "acme/tiny", "--revision", "main",
                              "--activate")

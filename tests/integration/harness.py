@@ -76,7 +76,7 @@ class Stack:
             self.processes.append(subprocess.Popen([sys.executable, "manage.py", "engine"], cwd=ROOT, env=self.env,
                                                    stdout=log, stderr=subprocess.STDOUT))
         for port in self.ports:
-            wait_until(lambda p=port: _http_ok(f"http://127.0.0.1:{p}/accounts/login/"), 30, f"daphne on {port}")
+            wait_until(lambda p=port: _http_ok(f"http://127.0.0.1:{p}/accounts/login/"), 90, f"daphne on {port}")
         return self
 
     def url(self, index: int = 0) -> str:

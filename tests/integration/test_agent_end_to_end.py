@@ -82,8 +82,8 @@ async def _scenario(stack: Stack, tmp_path, agent_server: int, browser_server: i
         # the running agent carries on with the new one.
         rotated = agent.cli("rotate")
         assert rotated.returncode == 0, rotated.stderr
-        wait_until(lambda: "reconnecting with the new secret" in agent.log(), 10, "the agent to reconnect")
-        wait_until(lambda: agent.log().count("connected to") >= 2, 10, "the new connection")
+        wait_until(lambda: "reconnecting with the new secret" in agent.log(), 45, "the agent to reconnect")
+        wait_until(lambda: agent.log().count("connected to") >= 2, 45, "the new connection")
         assert agent.process.poll() is None
         assert stack.node_status("it-node") == "online"
         agent.kill()

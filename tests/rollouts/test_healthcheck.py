@@ -15,6 +15,7 @@ from fleet.agent.chat import ChatRelay
 from fleet.hub import commands as hub_commands
 from fleet.hub.models import CommandKind, CommandState, HubModel, InstallState, ModelVersion, NodeCommand, NodeInstall
 from fleet.inventory.models import NodeStatus
+from fleet.lib.errors import FieldError
 from fleet.rollouts import driver, services
 from fleet.rollouts.models import Rollout, RolloutEvent
 
@@ -127,6 +128,6 @@ def test_an_answer_without_the_expected_text_fails_the_canary_and_puts_the_old_v
 
 def test_people_cannot_queue_health_checks_by_hand(deployment) -> None:
     node = deployment.nodes.model.objects.get(name="gpu-01")
-    with pytest.raises(hub_commands.CommandError) as error:
+    with pytest.raises(FieldError) as error:
         hub_commands.create("someone", node, CommandKind.HEALTHCHECK, deployment.desired_version)
     assert error.value.field == "kind"

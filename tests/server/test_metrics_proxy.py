@@ -48,7 +48,7 @@ http {{
     proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(temp)], stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: proc.poll() is None and _status(url + "/accounts/login/") == 200, 10, "nginx")
+        wait_until(lambda: proc.poll() is None and _status(url + "/accounts/login/") == 200, 45, "nginx")
         yield stack, url
     finally:
         proc.terminate()

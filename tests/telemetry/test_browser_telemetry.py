@@ -60,7 +60,7 @@ def test_live_chart_keeps_moving_and_stops_when_hidden(stack: Stack, tmp_path) -
     errors: list[str] = []
     base = stack.url()
     try:
-        wait_until(lambda: "welcomed" in agent.log(), 20, "the agent to connect")
+        wait_until(lambda: "welcomed" in agent.log(), 60, "the agent to connect")
         with playwright.sync_playwright() as p:
             browser = launch(p)
             try:

@@ -95,17 +95,17 @@ async def test_agent_catches_up_after_the_server_was_away(embedded_stack, tmp_pa
     stack = embedded_stack
     agent, node_id = enroll_and_run(stack, tmp_path, 0, "buffer-node")
     try:
-        wait_until(lambda: "welcomed" in agent.log(), 20, "the agent to connect")
+        wait_until(lambda: "welcomed" in agent.log(), 60, "the agent to connect")
         stack.stop()
         time.sleep(4)  # the agent samples into its buffer meanwhile
         stack.processes = []
         stack.start()
-        wait_until(lambda: agent.log().count("welcomed") >= 2, 40, "the agent to reconnect")
+        wait_until(lambda: agent.log().count("welcomed") >= 2, 90, "the agent to reconnect")
         def caught_up():
             families = scrape(stack.url())
             return families if families["fleet_telemetry_catchup_points"].samples[0].value else None
 
-        families = wait_until(caught_up, 30, "catch-up points")
+        families = wait_until(caught_up, 90, "catch-up points")
         assert families["fleet_telemetry_catchup_points"].samples[0].value >= 2
     finally:
         agent.kill()
