@@ -13,21 +13,20 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psutil
 import websockets.client
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from fleet.agent import AGENT_VERSION
-from fleet.agent.buffer import BATCH_BYTES, MetricsBuffer
+from fleet.agent.buffer import MetricsBuffer
 from fleet.agent.chat import ChatRelay
 from fleet.agent.collectors import Collector
 from fleet.agent.deployer import Deployer
 from fleet.agent.hostfacts import collect_host_facts
+from fleet.agent.metrics_sender import MetricsSender
 from fleet.agent.protocol import (
     Ack,
     Activate,
@@ -41,8 +40,6 @@ from fleet.agent.protocol import (
     HealthCheck,
     Hello,
     HostFacts,
-    HostSample,
-    Metrics,
     MetricsBatch,
     NodeKindName,
     Ping,
@@ -93,10 +90,7 @@ MAX_SIZE = 16 * 1024 * 1024
 PING_INTERVAL = 20.0
 CLOSE_TIMEOUT = 10.0
 STABLE_AFTER = 5.0
-MIN_METRICS_INTERVAL = 0.05
-ACK_TIMEOUT = 10.0  # a catch-up batch not acknowledged by then stays buffered for the next connection
 CLOSE_TRY_AGAIN_LATER = 1013
-BATCH_REFUSALS = {"invalid_frame", "metrics_too_large", "frame_too_large"}  # error codes that mean "never"
 DEFAULT_METRICS_INTERVAL = 1.0  # until a welcome says otherwise
 
 COMMAND_FRAMES = (Deploy, Activate, Rollback, Remove, HealthCheck)
@@ -137,7 +131,7 @@ class _Fatal(Exception):
         self.code = code
 
 
-class AgentSession:
+class AgentSession(MetricsSender):
     """What survives reconnects: credentials, collector, status.json contents."""
 
     def __init__(
@@ -226,99 +220,6 @@ class AgentSession:
             active=self.deployer.active(),
             in_flight=self.deployer.in_flight(),
         )
-
-    def host_sample(self) -> HostSample | None:
-        try:
-            memory = psutil.virtual_memory()
-            disk = psutil.disk_usage(os.fspath(self.home) if self.home else "/")
-            return HostSample(
-                cpu_percent=min(100.0, psutil.cpu_percent(interval=None)),
-                memory_used_bytes=int(memory.total - memory.available),
-                memory_total_bytes=int(memory.total),
-                disk_used_bytes=int(disk.used),
-                disk_total_bytes=int(disk.total),
-            )
-        except Exception as exc:
-            log.debug("host sample failed: %s", exc)
-            return None
-
-    async def metrics(self) -> Metrics:
-        try:
-            gpus = await asyncio.to_thread(self.collector.sample)
-        except Exception:
-            if not self._sample_failed:
-                self._sample_failed = True
-                log.exception("GPU sampling failed; sending metrics without GPUs (logged once)")
-            gpus = []
-        return Metrics(type="metrics", ts=time.time(), gpus=gpus, host=self.host_sample())
-
-    async def send_metrics(self, ws: ClientConnection, interval: float) -> None:
-        interval = max(interval, MIN_METRICS_INTERVAL)
-        self.metrics_interval = interval
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        self.streaming += 1
-        try:
-            await self.catch_up(ws)  # first what was sampled while the socket was down, oldest first
-            while True:
-                # Fixed cadence, but never a burst to catch up after a slow sample.
-                next_at = max(next_at + interval, loop.time())
-                await asyncio.sleep(next_at - loop.time())
-                sample = await self.metrics()
-                try:
-                    await ws.send(dump(sample))
-                except ConnectionClosed:
-                    self.buffer.add(sample)
-                    raise
-        except ConnectionClosed:
-            pass
-        finally:
-            self.streaming -= 1
-
-    async def catch_up(self, ws: ClientConnection) -> None:
-        """Send the buffer in frames the server announced it takes; forget points only when acknowledged."""
-        cap = (self.welcome.max_metrics_frame_bytes if self.welcome else None) or BATCH_BYTES
-        loop = asyncio.get_running_loop()
-        while True:
-            self.batch_seq += 1
-            batch = self.buffer.next_batch(max_bytes=cap, seq=self.batch_seq)
-            if batch is None:
-                return
-            outcome = loop.create_future()
-            self.awaiting_ack = (batch, outcome)
-            try:
-                await ws.send(batch.model_dump_json(exclude_none=True, exclude_defaults=True))  # compact
-                # asyncio.wait, not wait_for: on 3.11 wait_for swallows a cancel that meets a done future.
-                await asyncio.wait({outcome}, timeout=ACK_TIMEOUT)
-            finally:
-                self.awaiting_ack = None
-            if not outcome.done():
-                log.warning("catch-up batch %d not acknowledged; %d points kept for the next connection",
-                            batch.seq, len(self.buffer))
-                return
-
-    def _settle_batch(self, outcome: Ack | Error) -> None:
-        """An ack (or a refusal that can never be taken) for the batch in flight: forget its points now,
-        in the receive loop, so a metrics task cancelled meanwhile cannot send them twice."""
-        if self.awaiting_ack is None:
-            return
-        batch, future = self.awaiting_ack
-        refused = isinstance(outcome, Error) and outcome.code in BATCH_REFUSALS
-        if future.done() or not (refused or (isinstance(outcome, Ack) and outcome.seq == batch.seq)):
-            return
-        if refused:
-            log.warning("server refused catch-up batch %d (%s: %s); dropping its %d points",
-                        batch.seq, outcome.code, outcome.detail, len(batch.points))
-            self.buffer.dropped += len(batch.points)
-        self.buffer.accepted(batch)
-        future.set_result(outcome)
-
-    async def buffer_while_down(self) -> None:
-        """Keep sampling while no connection streams metrics, so a reconnect can send a catch-up."""
-        while True:
-            await asyncio.sleep(self.metrics_interval)
-            if not self.streaming:
-                self.buffer.add(await self.metrics())
 
     # ---- frames we receive ------------------------------------------------------------------------
 

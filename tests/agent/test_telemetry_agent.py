@@ -144,7 +144,7 @@ def test_points_are_kept_until_the_server_acknowledges_them(monkeypatch):
 
 
 async def test_unacknowledged_catch_up_is_resent_on_the_next_connection(tmp_path, monkeypatch):
-    monkeypatch.setattr("fleet.agent.connection.ACK_TIMEOUT", 0.5)
+    monkeypatch.setattr("fleet.agent.metrics_sender.ACK_TIMEOUT", 0.5)
     batches: list[list[float]] = []
     done = asyncio.Event()
 
