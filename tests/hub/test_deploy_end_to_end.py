@@ -108,7 +108,7 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
         cmd = stack.manage("deploymodel", "deploy", "--node", "node-b", "--repo", "acme/tiny", "--revision", "v2")
         blobs = b.home / "models" / "models--acme--tiny" / "blobs"
         wait_until(lambda: any(p.name.endswith(".fleet-partial") and p.stat().st_size > 0 for p in blobs.iterdir()),
-                   30, "node-b to start downloading v2")
+                   90, "node-b to start downloading v2")
         b.kill()
         b.run("--simulate", "jetson-orin", "--runtime", "none")
         assert wait_state(stack, cmd, {"staged"}, agents) == "staged"

@@ -56,11 +56,11 @@ async def _scenario(stack: Stack, tmp_path, agent_server: int, browser_server: i
     async with LiveSocket(stack.url(browser_server), cookie) as live:
         agent.run("--simulate", "h100x8")
         try:
-            message = await live.wait_for_node("it-node", "online", timeout=15)
+            message = await live.wait_for_node("it-node", "online", timeout=60)
         except AssertionError:
             raise AssertionError(f"agent log:\n{agent.log()}\nserver logs:\n{stack.logs()}") from None
         assert message["node"]["gpu_count"] == 8
-        summary = await live.wait_for(lambda m: m.get("kind") == "summary", timeout=5)
+        summary = await live.wait_for(lambda m: m.get("kind") == "summary", timeout=30)
         assert summary["summary"]["nodes"]["online"] == 1
         assert stack.node_status("it-node") == "online"
         gpus = stack.query("SELECT count(*) FROM inventory_gpu g JOIN inventory_node n ON n.id = g.node_id "
@@ -69,14 +69,14 @@ async def _scenario(stack: Stack, tmp_path, agent_server: int, browser_server: i
 
         killed_at = time.monotonic()
         agent.kill()
-        await live.wait_for_node("it-node", "offline", timeout=OFFLINE_AFTER + 5)
+        await live.wait_for_node("it-node", "offline", timeout=OFFLINE_AFTER + 30)
         # Not on disconnect: only once the timeout has run from the last recorded frame (last_seen is
         # written in batches, at most about a heartbeat (1 s here) behind the agent's last frame).
         assert time.monotonic() - killed_at >= OFFLINE_AFTER - 1.5
         assert stack.node_status("it-node") == "offline"
 
         agent.run("--simulate", "h100x8")
-        await live.wait_for_node("it-node", "online", timeout=15)
+        await live.wait_for_node("it-node", "online", timeout=60)
 
         # Rotating the secret while the agent runs: the server drops the old secret's connection and
         # the running agent carries on with the new one.
