@@ -77,7 +77,7 @@ def test_demo_fleet_live_in_the_browser(demo):
             page.fill("input[name=username]", "admin")
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
-            page.wait_for_selector("#live-indicator[data-state=live]", timeout=15000)
+            page.wait_for_selector("#live-indicator[data-state=live]", timeout=60000)
             online = "document.querySelector('[data-summary=\"nodes.online\"]').textContent.trim()"
             gpus = "document.querySelector('[data-summary=\"gpus.total\"]').textContent.trim()"
             # Generous event waits, no wall-clock budgets: how fast a node goes offline is the presence

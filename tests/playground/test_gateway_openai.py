@@ -131,7 +131,7 @@ async def test_node_page_redraws_runtimes_live(stack):
                 await page.fill("input[name=username]", "bob")
                 await page.fill("input[name=password]", "browser-test-password-1")
                 await page.click("button[type=submit]")
-                await page.wait_for_selector("#live-indicator[data-state=live]", timeout=15000)
+                await page.wait_for_selector("#live-indicator[data-state=live]", timeout=60000)
                 await page.evaluate("window.__noReload = true")
                 row = f"tr[data-runtime='{REPO}']"
                 assert await page.text_content(f"{row} .badge") == "Ready"
@@ -139,7 +139,7 @@ async def test_node_page_redraws_runtimes_live(stack):
                 await agent.send({"type": "runtime", "v": 1, "serving": [runtime(
                     state="failed", reason="CUDA out of memory", tokens_served=77,
                     log_tail=["loading weights", "<b>boom</b>"])]})
-                await page.wait_for_selector("text=Failed: CUDA out of memory", timeout=15000)
+                await page.wait_for_selector("text=Failed: CUDA out of memory", timeout=60000)
                 assert await page.text_content(f"{row} .badge") == "Failed"
                 assert "badge-red" in await page.get_attribute(f"{row} .badge", "class")
                 assert await page.text_content(f"{row} td:nth-child(6)") == "77"

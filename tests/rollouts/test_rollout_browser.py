@@ -50,7 +50,7 @@ def test_the_grid_follows_the_rollout_live(live_server, make_node, alice, bob, m
             driver.tick()
             agents_answer()  # the canary activated
             driver.tick()
-            page.wait_for_selector('[data-target].target-green', timeout=15000)
+            page.wait_for_selector('[data-target].target-green', timeout=60000)
             assert page.evaluate("window.__same_page === true")  # repainted, not reloaded
             log = page.locator("[data-events]").inner_text()
             assert "verifying → committed" in log and "— → activating" not in log
