@@ -172,14 +172,14 @@ async def test_unacknowledged_catch_up_is_resent_on_the_next_connection(tmp_path
     stop = asyncio.Event()
     async with FakeServer(handler) as server:
         task = start(server.url, tmp_path / "home", stop)
-        await asyncio.wait_for(done.wait(), 20)
+        await asyncio.wait_for(done.wait(), 60)
         stop.set()
         await asyncio.wait_for(task, 15)
     assert len(batches) >= 2 and batches[0]
     assert set(batches[0]) <= set(batches[1])  # nothing sent before the lost connection was forgotten
 
 
-async def test_agent_buffers_while_away_then_catches_up_and_obeys_control(tmp_path):
+async def test_agent_buffers_while_away_then_catches_up_and_obeys_control(tmp_path, monkeypatch):
     received: dict[int, list[dict]] = {1: [], 2: []}
     welcomed_at: list[float] = []
     done = asyncio.Event()
@@ -195,8 +195,10 @@ async def test_agent_buffers_while_away_then_catches_up_and_obeys_control(tmp_pa
         await asyncio.sleep(0.6)  # the agent is connected but not welcomed: it keeps buffering
         welcomed_at.append(time.time())
         await ws.send(welcome(0.05))
-        received[2].append(json.loads(await ws.recv()))
-        await ws.send(json.dumps({"type": "ack", "v": 1, "seq": received[2][0]["seq"]}))
+        while (frame := json.loads(await ws.recv()))["type"] != "metrics.batch":
+            pass  # a live sample first would mean nothing was buffered: the assertions below say so
+        received[2].append(frame)
+        await ws.send(json.dumps({"type": "ack", "v": 1, "seq": frame["seq"]}))
         await ws.send(dump(Control(type="control", metrics_interval=0.3, reason="test")))
         loop = asyncio.get_running_loop()
         stamps = []
