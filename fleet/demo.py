@@ -25,11 +25,12 @@ from django.db import transaction
 
 from fleet.accounts import audit
 from fleet.accounts.models import Role
-from fleet.hub import commands
-from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
+from fleet.hub.models import ModelVersion
 from fleet.inventory.models import Node, NodeKind
 from fleet.inventory.services import authenticate_node, create_enrollment_token
 from fleet.lib.errors import FieldError
+from fleet.rollouts import services as rollouts
+from fleet.rollouts.models import Deployment
 
 DEFAULT_NODES = "h100x8:3,jetson-orin:5"
 _SPEC = re.compile(r"^([a-z0-9-]+):(\d{1,3})$")
@@ -51,6 +52,19 @@ class DemoNode:
     @property
     def kind(self) -> str:
         return NodeKind.EDGE_DEVICE if self.profile.startswith("jetson") else NodeKind.GPU_SERVER
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """``role`` picks the node's deployment; ``zone`` (a, b, a, …) orders a rollout's waves."""
+        number = int(self.name.rsplit("-", 1)[1])
+        return {"role": DEPLOYMENTS[self.kind][1], "zone": "ab"[(number - 1) % 2]}
+
+    def label_args(self) -> list[str]:
+        return [arg for key, value in self.labels.items() for arg in ("--label", f"{key}={value}")]
+
+
+# node kind → (deployment, the ``role`` label that selects its nodes)
+DEPLOYMENTS = {NodeKind.GPU_SERVER: ("chat-default", "chat"), NodeKind.EDGE_DEVICE: ("edge-default", "edge")}
 
 
 def parse_nodes(spec: str) -> list[DemoNode]:
@@ -121,39 +135,30 @@ def enroll_missing(nodes: list[DemoNode], server: str) -> None:
     for node in missing:
         node.home.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            _agent_cmd("enroll", "--server", server, "--token", token, "--name", node.name, "--kind", node.kind),
+            _agent_cmd("enroll", "--server", server, "--token", token, "--name", node.name, "--kind", node.kind,
+                       *node.label_args()),
             capture_output=True, text=True, timeout=60, env=_agent_env(node),
         )
         if result.returncode != 0:
             raise DemoError(f"enrolling {node.name} failed: {result.stderr.strip() or result.stdout.strip()}")
 
 
-def deploy_plan(nodes: list[DemoNode], models: dict[str, ModelVersion]) -> list[tuple[DemoNode, ModelVersion]]:
-    """Which version each node serves: ``models`` by node kind (SmolLM2 on the GPU servers, the tiny Llama on
-    the edge devices)."""
-    return [(node, models[node.kind]) for node in nodes if node.kind in models]
-
-
-def deploy_missing(plan: list[tuple[DemoNode, ModelVersion]], stdout) -> int:
-    """Deploy and activate each planned model once per node, through the ordinary model commands; a node that
-    holds any version of that repo (an operator may have rolled it on) or has one on its way keeps it.
-    Returns how many deploys were queued: the agents get them when they connect."""
-    nodes = {node.name: node for node in Node.objects.filter(name__in=[demo_node.name for demo_node, _ in plan])}
-    held = set(NodeInstall.objects.filter(node__in=nodes.values()).values_list("node_id", "repo"))
-    held |= set(NodeCommand.objects.filter(node__in=nodes.values(), finished_at__isnull=True,
-                                           kind=CommandKind.DEPLOY).values_list("node_id", "repo"))
-    queued = 0
-    for demo_node, version in plan:
-        node = nodes.get(demo_node.name)
-        if node is None or (node.pk, version.model.repo_id) in held:
+def ensure_deployments(models: dict[str, ModelVersion], stdout) -> list[Deployment]:
+    """The demo's deployments (``chat-default`` on the GPU servers, ``edge-default`` on the edge devices), each
+    created once at ``models[kind]``: a restarted demo keeps what an operator has rolled them to. The engine
+    converges their nodes (deploy, then activate) as the agents come online. Returns those created; a refused
+    one is reported and the demo runs without it."""
+    created = []
+    for kind, (name, role) in DEPLOYMENTS.items():
+        version = models.get(kind)
+        if version is None or Deployment.objects.filter(name=name).exists():
             continue
         try:
-            commands.create("demo", node, CommandKind.DEPLOY, version, activate=True)
+            created.append(rollouts.create_deployment(
+                "demo", name, version.model.repo_id, version, selector={"role": role}))
         except FieldError as error:
-            stdout.write(f"not deploying {version} to {node.name}: {error.message}")
-            continue
-        queued += 1
-    return queued
+            stdout.write(f"deployment {name} left out: {error.field}: {error.message}")
+    return created
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
@@ -172,7 +177,7 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
 def start_agent(node: DemoNode) -> subprocess.Popen:
     log = open(node.home / "agent.log", "a")  # noqa: SIM115 - the child process keeps it open
     return subprocess.Popen(
-        _agent_cmd("run", "--simulate", node.profile, "--runtime", "builtin"),
+        _agent_cmd("run", "--simulate", node.profile, "--runtime", "builtin", *node.label_args()),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_agent_env(node),
     )
 

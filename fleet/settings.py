@@ -147,6 +147,8 @@ try:
     FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
     # The /v1 gateway (fleet/playground/gateway.py): requests per minute per API key, per server process.
     FLEET_GATEWAY_REQUESTS_PER_MINUTE = env_float("FLEET_GATEWAY_REQUESTS_PER_MINUTE", 600.0, minimum=1)
+    # A new rollout's soak after each activation when its strategy does not say (`make demo` uses 10 s).
+    FLEET_ROLLOUT_MIN_READY_SECONDS = env_float("FLEET_ROLLOUT_MIN_READY_SECONDS", 30.0, minimum=0, maximum=86_400)
     # Login throttling (django-axes): this many failed sign-ins for one username from one address lock
     # that pair out for FLEET_LOGIN_LOCKOUT (a duration such as 15m); a success resets the count.
     FLEET_LOGIN_FAILURE_LIMIT = env_int("FLEET_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)

@@ -2,9 +2,11 @@
 while no rollout of that deployment runs (a node that was offline through a rollout, a node that joined
 the deployment later, a node left on the new version after an aborted rollout).
 
-Each node gets one deploy-and-activate command per (deployment, version, try), under a stable id; a node
-that failed MAX_TRIES times is left alone (its node page shows why), and so is a node whose target failed
-in the deployment's latest (successful) rollout: retrying that is an operator's call, not the engine's.
+Each node gets one deploy-and-activate command per (deployment, latest rollout, version, try), under a stable
+id: resent, it is never done twice, and a node that converged to v1 before a rollout moved it on can converge
+to v1 again after the next one (a new id). A node that failed MAX_TRIES times is left alone (its node page
+shows why), and so is a node whose target failed in the deployment's latest (successful) rollout: retrying
+that is an operator's call, not the engine's.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ INTERVAL = 5.0
 MAX_TRIES = 3
 
 
-def command_prefix(deployment: Deployment, node_id: int) -> str:
-    return f"dep{deployment.pk}-n{node_id}-{deployment.desired_version.sha[:12]}-"
+def _epoch(deployment: Deployment, latest: Rollout | None) -> str:
+    return f"dep{deployment.pk}-r{latest.pk if latest else 0}-n"
+
+
+def command_prefix(deployment: Deployment, latest: Rollout | None, node_id: int) -> str:
+    return f"{_epoch(deployment, latest)}{node_id}-{deployment.desired_version.sha[:12]}-"
 
 
 def converge(deployment: Deployment) -> list[str]:
@@ -45,7 +51,7 @@ def converge(deployment: Deployment) -> list[str]:
     if latest is not None and latest.state == "succeeded":  # within its budget, and back on the old version
         failed_there = set(latest.targets.filter(state="failed").values_list("node_id", flat=True))
     tries = Counter(NodeCommand.objects.filter(
-        node_id__in=ids, command_id__startswith=f"dep{deployment.pk}-n", sha=desired.sha, state=CommandState.FAILED,
+        node_id__in=ids, command_id__startswith=_epoch(deployment, latest), sha=desired.sha, state=CommandState.FAILED,
     ).values_list("node_id", flat=True))
     items = []
     for node in nodes:
@@ -53,7 +59,8 @@ def converge(deployment: Deployment) -> list[str]:
             continue
         if tries[node.pk] >= MAX_TRIES:
             continue
-        items.append((node, CommandKind.DEPLOY, desired, f"{command_prefix(deployment, node.pk)}{tries[node.pk]}"))
+        command_id = f"{command_prefix(deployment, latest, node.pk)}{tries[node.pk]}"
+        items.append((node, CommandKind.DEPLOY, desired, command_id))
     if not items:
         return []
     with transaction.atomic():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from fleet.hub.models import ApprovalState, HubModel, ModelVersion
 from fleet.inventory.models import Node, NodeStatus
@@ -61,6 +62,7 @@ class RolloutForm(forms.Form):
 
     def __init__(self, deployment: Deployment, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["min_ready_seconds"].initial = settings.FLEET_ROLLOUT_MIN_READY_SECONDS
         self.fields["version"].queryset = ModelVersion.objects.filter(
             model=deployment.model, approval=ApprovalState.APPROVED).order_by("-created_at", "-id")
         current = deployment.desired_version_id

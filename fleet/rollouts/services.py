@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_slug
 from django.db import transaction
@@ -101,8 +102,12 @@ def create_deployment(actor: Any, name: str, repo: str, version: ModelVersion | 
 
 
 def parse_strategy(data: dict[str, Any] | None) -> Strategy:
+    """A strategy from its JSON form; an omitted soak is the server's FLEET_ROLLOUT_MIN_READY_SECONDS."""
+    if data is not None and not isinstance(data, dict):
+        raise RolloutError("strategy", 'give the strategy as an object, e.g. {"canary": 1, "batch": "25%"}')
     try:
-        strategy = Strategy.model_validate(data or {})
+        strategy = Strategy.model_validate({"min_ready_seconds": settings.FLEET_ROLLOUT_MIN_READY_SECONDS,
+                                            **(data or {})})
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

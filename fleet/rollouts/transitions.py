@@ -113,6 +113,8 @@ def _store(row: Rollout, targets: list[TargetRow], before: machine.Rollout, afte
         value = getattr(after, name)
         value = _datetime(value) if name in _TIMES else value
         changes[name] = str(value) if isinstance(value, StrEnum) else value
+    for name in ("pause_reason", "reason"):  # the machine quotes node errors: keep within the columns
+        changes[name] = clip(changes[name], Rollout._meta.get_field(name).max_length)
     soaks = [t.soak_until for t in after.targets if t.state == machine.TargetState.VERIFYING and t.soak_until]
     changes["soak_until"] = _datetime(max(soaks)) if soaks else None
     if after.state in machine.TERMINAL and before.state not in machine.TERMINAL:
@@ -125,7 +127,7 @@ def _store(row: Rollout, targets: list[TargetRow], before: machine.Rollout, afte
     actor_name = actor.get_username() if hasattr(actor, "get_username") else str(actor)
     RolloutEvent.objects.bulk_create([
         RolloutEvent(rollout_id=row.pk, target_id=by_node.get(move.node), from_state=str(move.from_state),
-                     to_state=str(move.to_state), why=move.why[:500], actor_name=actor_name[:150])
+                     to_state=str(move.to_state), why=clip(move.why, 500), actor_name=actor_name[:150])
         for move in moves
     ])
     _dispatch(row, commands)
@@ -135,6 +137,14 @@ def _store(row: Rollout, targets: list[TargetRow], before: machine.Rollout, afte
 
 
 _TARGET_COLUMNS = ("state", "on", "attempt", "tries", "online", "error", "command_id", *_TARGET_TIMES)
+
+
+_ERROR_LENGTH = RolloutTarget._meta.get_field("error").max_length
+
+
+def clip(text: str, length: int) -> str:
+    """``text`` within ``length`` characters, with an ellipsis when cut."""
+    return text if len(text) <= length else text[: length - 1] + "…"
 
 
 def _update_targets(rollout_id: int, changed: list[machine.Target], snapshot_id: int, now: datetime) -> None:
@@ -149,6 +159,7 @@ def _update_targets(rollout_id: int, changed: list[machine.Target], snapshot_id:
         values = {name: getattr(target, name) for name in _TARGET_COLUMNS if name != "command_id"}
         values.update({name: _datetime(values[name]) for name in _TARGET_TIMES})
         values["command_id"] = machine.command_id(snapshot_id, target, kind) if kind else ""
+        values["error"] = clip(values["error"], _ERROR_LENGTH)
         values["updated_at"] = now
         rows.append([fields[name].get_db_prep_save(str(value) if isinstance(value, StrEnum) else value, connection)
                      for name, value in values.items()] + [rollout_id, target.node])

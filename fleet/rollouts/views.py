@@ -3,8 +3,6 @@ new-rollout form with a preview of the waves, and a rollout's live page with the
 
 from __future__ import annotations
 
-from collections import Counter
-
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -80,12 +78,16 @@ def rollout_new(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def _waves(targets: list) -> list[dict]:
-    totals, done = Counter(), Counter()
+    members: dict[int, list] = {}
     for target in targets:
-        totals[target.wave] += 1
-        done[target.wave] += target.state in ("committed", "skipped")
-    return [{"wave": wave, "total": totals[wave], "done": done[wave],
-             "percent": int(100 * done[wave] / totals[wave])} for wave in sorted(totals)]
+        members.setdefault(target.wave, []).append(target)
+    waves = []
+    for wave in sorted(members):
+        done = sum(target.state in ("committed", "skipped") for target in members[wave])
+        total = len(members[wave])
+        waves.append({"wave": wave, "total": total, "done": done, "percent": int(100 * done / total),
+                      "targets": members[wave]})
+    return waves
 
 
 @viewer_required
@@ -102,8 +104,10 @@ def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "rollout": rollout, "targets": targets, "events": events, "waves": _waves(targets), "strategy": strategy,
         "compare_url": (f"/playground/?compare=1&a={repo}@{rollout.from_version.sha}&b={repo}@{rollout.to_version.sha}"
                         if canary else ""),
+        "target_states": list(TargetStatus),
         "states": {"rollout": {s.value: s.colour for s in RolloutStatus},
-                   "target": {s.value: s.colour for s in TargetStatus}},
+                   "target": {s.value: s.colour for s in TargetStatus},
+                   "labels": {s.value: str(s.label) for s in (*RolloutStatus, *TargetStatus)}},
     })
 
 

@@ -7,7 +7,7 @@
   const url = root.getAttribute("data-api-url");
   const colours = JSON.parse(document.getElementById("rollout-colours").textContent);
   const TERMINAL = ["succeeded", "aborted", "superseded"];
-  const label = (s) => s.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  const label = (s) => colours.labels[s] || s.replace(/_/g, " ");
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   function size(n) {
     let u = 0;
@@ -35,7 +35,9 @@
       if (!el) continue;
       el.className = "target target-" + (colours.target[t.state] || "grey");
       el.querySelector("[data-target-state]").textContent = label(t.state);
-      el.querySelector("[data-target-error]").textContent = t.error || "";
+      const error = el.querySelector("[data-target-error]");
+      error.textContent = t.error || "";
+      error.title = t.error || "";
       const download = el.querySelector("[data-target-download]");
       const moving = t.bytes_total > 0 && (t.state === "scheduled" || t.state === "downloading");
       download.classList.toggle("idle", !moving);
@@ -60,7 +62,7 @@
     const rows = (data.events || []).map(function (e) {
       const tr = document.createElement("tr");
       tr.append(cell(new Date(e.at).toISOString().slice(11, 19), "nowrap"), cell(e.node || "rollout"),
-        cell((e.from_state || "—") + " → " + e.to_state, "nowrap"), cell(e.why, "small"), cell(e.by));
+        cell((e.from_state || "—") + " → " + e.to_state, "nowrap"), cell(e.why, "small wrap"), cell(e.by));
       return tr;
     });
     body.replaceChildren(...rows);

@@ -64,20 +64,42 @@ class Stack:
 
     def start(self) -> Stack:
         self.manage("migrate", "--verbosity", "0")
-        for port in self.ports:
-            log = open(self.tmp / f"daphne-{port}.log", "w")  # noqa: SIM115
-            self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(port), *self.daphne_args,
-                 "fleet.asgi:application"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            ))
+        self.processes.extend(self._server(port) for port in self.ports)
         if self.engine:
-            log = open(self.tmp / "engine.log", "w")  # noqa: SIM115
-            self.processes.append(subprocess.Popen([sys.executable, "manage.py", "engine"], cwd=ROOT, env=self.env,
-                                                   stdout=log, stderr=subprocess.STDOUT))
+            self.processes.append(self._engine())
         for port in self.ports:
             wait_until(lambda p=port: _http_ok(f"http://127.0.0.1:{p}/accounts/login/"), 90, f"daphne on {port}")
         return self
+
+    def _server(self, port: int) -> subprocess.Popen:
+        log = open(self.tmp / f"daphne-{port}.log", "a")  # noqa: SIM115
+        return subprocess.Popen(
+            [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(port), *self.daphne_args,
+             "fleet.asgi:application"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def _engine(self) -> subprocess.Popen:
+        log = open(self.tmp / "engine.log", "a")  # noqa: SIM115
+        return subprocess.Popen([sys.executable, "manage.py", "engine"], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+    def kill_server(self, index: int = 0) -> None:
+        """SIGKILL one Daphne process (no clean shutdown: what a crash or an OOM kill does)."""
+        self.processes[index].kill()
+        self.processes[index].wait(timeout=10)
+
+    def restart_server(self, index: int = 0) -> None:
+        self.processes[index] = self._server(self.ports[index])
+        wait_until(lambda: _http_ok(f"{self.url(index)}/accounts/login/"), 90, f"daphne on {self.ports[index]}")
+
+    def kill_engine(self) -> None:
+        engine = self.processes[len(self.ports)]
+        engine.kill()
+        engine.wait(timeout=10)
+
+    def restart_engine(self) -> None:
+        self.processes[len(self.ports)] = self._engine()
 
     def url(self, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.ports[index]}"

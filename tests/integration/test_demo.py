@@ -13,10 +13,10 @@ import sys
 import pytest
 
 from tests.browser import launch, needs_chromium
-from tests.integration.harness import ROOT, free_port, wait_until
+from tests.integration.demo_process import PASSWORD, running_demo
+from tests.integration.harness import ROOT
 
 OFFLINE_AFTER = 5
-PASSWORD = "demo-password-for-tests"
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,27 +35,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def demo(tmp_path, demo_models):
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))},
-        "FLEET_VAR_DIR": str(tmp_path / "var"),
-        "FLEET_DEMO_MODELS": str(demo_models),  # SmolLM2 converted once per test run
-        "FLEET_ADMIN_PASSWORD": PASSWORD,
-        "FLEET_OFFLINE_AFTER": str(OFFLINE_AFTER),
-        "PYTHONUNBUFFERED": "1",
-    }
-    log_path = tmp_path / "demo.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "manage.py", "demo", "--port", str(port)], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        started = wait_until(lambda: "Fleet is running" in log_path.read_text() or process.poll() is not None,
-                             90, "the demo to start")
-        assert started and process.poll() is None, log_path.read_text()
-        yield {"url": f"http://127.0.0.1:{port}", "process": process, "log": log_path, "env": env}
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    with running_demo(tmp_path, demo_models, FLEET_OFFLINE_AFTER=str(OFFLINE_AFTER)) as process:
+        yield {"url": process.url, "process": process.process, "log": process.log, "env": process.env}
 
 
 def test_demo_fleet_live_in_the_browser(demo):
@@ -66,8 +47,8 @@ def test_demo_fleet_live_in_the_browser(demo):
     assert "published HuggingFaceTB/SmolLM2-135M-Instruct v2" in output
     assert re.search(r"v1 and v2 share model.safetensors \(sha256 [0-9a-f]{12}\); rolling v1 → v2 moves \d+ B of",
                      output), output
-    assert re.search(r"deploying: HuggingFaceTB/SmolLM2-135M-Instruct@\w+ on the GPU servers, "
-                     r"fleet-demo/tiny-llama@\w+ on the edge devices \(8 nodes\)", output), output
+    assert "deployment chat-default: HuggingFaceTB/SmolLM2-135M-Instruct v1 on the nodes labelled role=chat" in output
+    assert "deployment edge-default: fleet-demo/tiny-llama v1 on the nodes labelled role=edge" in output, output
 
     with playwright.sync_playwright() as p:
         browser = launch(p)

@@ -20,6 +20,10 @@ from fleet.lib.env import ConfigError, env_int
 from fleet.lib.units import format_bytes
 
 
+def _labels(deployment) -> str:
+    return ", ".join(f"{key}={value}" for key, value in deployment.selector.items())
+
+
 class Command(BaseCommand):
     help = "Run the embedded demo: Daphne on 127.0.0.1 and a simulated fleet of real agent processes."
 
@@ -45,6 +49,7 @@ class Command(BaseCommand):
             # SmolLM2's one-time conversion (a child process) runs while the server starts and nodes enroll.
             converting = ThreadPoolExecutor(1, thread_name_prefix="smollm2").submit(
                 smollm2.ensure_converted, Path(settings.FLEET_DEMO_MODELS) / smollm2.FOLDER, self.stdout.write, stop)
+            os.environ.setdefault("FLEET_ROLLOUT_MIN_READY_SECONDS", "10")  # the server's default soak, for Daphne
             tiny = find_version(DEMO_REPO, publish_demo_model(self.stdout))  # a tiny Llama in the /hf mirror
             daphne = subprocess.Popen(
                 [sys.executable, "-m", "fleet.serve", "-b", host, "-p", str(port), "fleet.asgi:application"],
@@ -56,10 +61,9 @@ class Command(BaseCommand):
             models = {NodeKind.GPU_SERVER: self._smollm2(converting) or tiny, NodeKind.EDGE_DEVICE: tiny}
             if stop.is_set():
                 return
-            queued = demo.deploy_missing(demo.deploy_plan(fleet_nodes, models), self.stdout)
-            if queued:
-                self.stdout.write(f"deploying: {models[NodeKind.GPU_SERVER]} on the GPU servers, "
-                                  f"{tiny} on the edge devices ({queued} nodes)")
+            for deployment in demo.ensure_deployments(models, self.stdout):
+                self.stdout.write(f"deployment {deployment.name}: {deployment.repo} "
+                                  f"{deployment.desired_version.revision} on the nodes labelled {_labels(deployment)}")
             for node in fleet_nodes:
                 agent = demo.start_agent(node)
                 processes.append(agent)
