@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.agent.pull import ConfigError as ConfigError  # raised by DeployConfig.from_env
-from fleet.agent.pull import PullConfig, ranges_written
+from fleet.agent.pull import ranges_written
+from fleet.agent.pullconfig import ConfigError as ConfigError  # raised by DeployConfig.from_env
+from fleet.agent.pullconfig import PullConfig
 from fleet.agent.state import now_iso, write_json_atomic
 from fleet.lib.units import parse_size
 

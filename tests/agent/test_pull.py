@@ -16,16 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agent.pull import (
-    SIDECAR,
-    ConfigError,
-    FileSpec,
-    PullConfig,
-    Puller,
-    PullError,
-    RateCap,
-    ranges_written,
-)
+from fleet.agent.pull import SIDECAR, FileSpec, Puller, PullError, ranges_written
+from fleet.agent.pullconfig import ConfigError, PullConfig, RateCap
 from tests.agent.rangeserver import RangeServer
 
 KIB = 1024
@@ -79,7 +71,8 @@ def test_parallel_ranges_land_in_a_verified_blob(served, tmp_path) -> None:
 KILLED_RUN = """
 import sys
 from pathlib import Path
-from fleet.agent.pull import FileSpec, PullConfig, Puller
+from fleet.agent.pull import FileSpec, Puller
+from fleet.agent.pullconfig import PullConfig
 url, size, sha, final = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 spec = FileSpec(path="model.safetensors", url=url, size=size, sha256=sha, final=final)
 Puller(PullConfig(min_size=0, ranges=2, chunk=64 * 1024), token="").prepare([spec]).run()
@@ -164,13 +157,13 @@ def test_a_cut_connection_is_retried_and_a_wrong_range_fails(served, tmp_path, m
 def test_rate_cap_spaces_the_bytes(monkeypatch) -> None:
     clock = {"now": 100.0}
     slept = []
-    monkeypatch.setattr("fleet.agent.pull.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("fleet.agent.pullconfig.time.monotonic", lambda: clock["now"])
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
         clock["now"] += seconds
 
-    monkeypatch.setattr("fleet.agent.pull.time.sleep", sleep)
+    monkeypatch.setattr("fleet.agent.pullconfig.time.sleep", sleep)
     cap = RateCap(1000)
     for _ in range(10):
         cap.take(500)

@@ -14,7 +14,7 @@ import pytest
 
 from fleet.agent.deployer import Deployer
 from fleet.agent.modelstore import DeployConfig, ModelStore
-from fleet.agent.pull import PullConfig
+from fleet.agent.pullconfig import PullConfig
 from fleet.hub import blobserver
 from fleet.hub.importer import import_folder
 from tests.hub.test_deployer import Recorder, _deploy_frame, _run, _version
