@@ -107,18 +107,19 @@ class Puller:
     cap for every download of this agent (a deployer holds one Puller; each deploy makes a PullRun)."""
 
     def __init__(self, config: PullConfig, token: str) -> None:
-        import httpx2
-
         self.config = config
         self.token = token
         self.cap = RateCap(config.rate)
         self.slots = threading.BoundedSemaphore(config.ranges)
-        timeout = httpx2.Timeout(30.0, read=120.0)  # the blob server follows a pull-through for up to 60 s
-        limits = httpx2.Limits(max_connections=config.ranges * 2, max_keepalive_connections=config.ranges * 2)
-        self.client = httpx2.Client(timeout=timeout, limits=limits, follow_redirects=False)
 
-    def close(self) -> None:
-        self.client.close()
+    def client(self):
+        """An httpx2 client for one run: its connections are kept across that run's ranges and closed after
+        it, so idle ones never hold the blob server's connection slots."""
+        import httpx2
+
+        timeout = httpx2.Timeout(30.0, read=120.0)  # the blob server follows a pull-through for up to 60 s
+        limits = httpx2.Limits(max_connections=self.config.ranges, max_keepalive_connections=self.config.ranges)
+        return httpx2.Client(timeout=timeout, limits=limits, follow_redirects=False)
 
     def prepare(self, specs: list[FileSpec]) -> PullRun:
         return PullRun(self, specs)
@@ -130,8 +131,8 @@ class PullRun:
     def __init__(self, puller: Puller, specs: list[FileSpec]) -> None:
         self.puller = puller
         self.config = puller.config
-        self.client = puller.client
         self.cap = puller.cap
+        self.client = None
         self.specs = specs
         self.jobs: list[_Job] = []
         self.stop = threading.Event()
@@ -170,6 +171,7 @@ class PullRun:
             self.jobs = [self._open(spec) for spec in specs if not spec.final.exists()]
             if not self.jobs:
                 return
+            self.client = self.puller.client()
             for job in self.jobs:
                 for index in range(job.count):
                     if index not in job.done:
@@ -189,6 +191,9 @@ class PullRun:
             if self.errors:
                 raise self.errors[0]
         finally:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
             for job in self.jobs:
                 if job.fd >= 0:
                     os.close(job.fd)

@@ -65,7 +65,6 @@ def test_parallel_ranges_land_in_a_verified_blob(served, tmp_path) -> None:
     before = len(server.requests)
     puller.prepare([spec]).run()
     assert len(server.requests) == before
-    puller.close()
 
 
 KILLED_RUN = """
