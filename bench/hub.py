@@ -188,7 +188,7 @@ def measure_pull(stack: Stack, upstream: FakeHub, agents: list[Agent], secret: s
     size = sum(len(v) for v in files.values())
     url = f"{stack.url()}/hf/bench/pull/resolve/{sha}/model.safetensors"
     rss = [PeakRss(agent.process.pid) for agent in agents]
-    result: dict = {"pull_mb": size_mb}
+    result: dict = {"pull_mb": size_mb, "agent_rss_mb_before": round(max(r.peak for r in rss) / MB)}
     for count in counts:
         names = [f"bench-{n}" for n in range(count)]
         agent_rates, curl_rates = [], []
@@ -218,7 +218,7 @@ def measure_pull(stack: Stack, upstream: FakeHub, agents: list[Agent], secret: s
         print(f"pull of {size / MB:.0f} MB by {count} agent(s) at once: agents {agent:.0f} MB/s, curl {curl:.0f} MB/s "
               f"(ratio {agent / curl:.2f}; runs: agents {', '.join(f'{r:.0f}' for r in agent_rates)}, curl "
               f"{', '.join(f'{r:.0f}' for r in curl_rates)} MB/s)", flush=True)
-    result["agent_rss_mb_peak"] = round(max(r.close() for r in rss) / MB)
+    result["agent_rss_mb_peak"] = round(max(r.close() for r in rss) / MB)  # flat: no file is held in memory
     return result
 
 
