@@ -95,7 +95,7 @@ class Deployer:
         self.progress: dict[str, tuple[int, int]] = {}
         self.lock = asyncio.Lock()  # activation, removal and state changes happen one at a time
         self.on_activated: Callable[[str], None] | None = None  # the runtime supervisor: repo's version changed
-        self.puller: Puller | None = None  # made on first use: one kept HTTP client for every fast-path pull
+        self.puller: Puller | None = None  # made on first use: the node-wide range slots and rate cap
 
     # ---- what hello reports ----------------------------------------------------------------------
 

@@ -156,12 +156,15 @@ class PullRun:
 
     def verified(self) -> set[str]:
         """Paths whose blob this run fetched and proved (sha256) into place."""
-        return {job.spec.path for job in self.jobs if job.verified}
+        finals = {job.spec.final for job in self.jobs if job.verified}
+        return {spec.path for spec in self.specs if spec.final in finals}
 
     def run(self) -> None:
         """Fetch and verify the files (skipping blobs already in place); raise PullError or the mirror's error."""
         self.stop, self.errors, self.work = threading.Event(), [], queue.Queue()
-        specs = [spec for spec in self.specs if not spec.final.exists()]
+        # one job per blob (two paths may hold the same bytes); locks taken in one order by every run
+        specs = sorted({spec.final: spec for spec in self.specs if not spec.final.exists()}.values(),
+                       key=lambda spec: str(spec.final))
         locks = [_blob_lock(spec.final) for spec in specs]
         held = []
         try:

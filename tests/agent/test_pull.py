@@ -67,6 +67,18 @@ def test_parallel_ranges_land_in_a_verified_blob(served, tmp_path) -> None:
     assert len(server.requests) == before
 
 
+def test_two_paths_with_the_same_bytes_are_fetched_once(served, tmp_path) -> None:
+    data = _data(100 * KIB)
+    server = served(data)
+    server.files["/copy.safetensors"] = data
+    blobs = tmp_path / "blobs"
+    first, second = _spec(server, blobs, data), _spec(server, blobs, data, "/copy.safetensors")
+    run = Puller(PullConfig(min_size=0, ranges=2, chunk=32 * KIB), token="").prepare([first, second])
+    run.run()
+    assert first.final.read_bytes() == data and run.verified() == {"model.safetensors", "copy.safetensors"}
+    assert len(server.ranges("/model.safetensors")) + len(server.ranges("/copy.safetensors")) == 4
+
+
 KILLED_RUN = """
 import sys
 from pathlib import Path
