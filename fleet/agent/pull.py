@@ -204,9 +204,6 @@ class PullRun:
             for lock in held:
                 lock.release()
 
-    def cancel(self) -> None:
-        self.stop.set()
-
     def _fail(self, exc: BaseException) -> None:
         with self.changed:
             self.errors.append(exc)
