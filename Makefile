@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean bench-telemetry bench-chat
+.PHONY: demo test lint install clean bench-telemetry bench-chat bench-hub
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Fleet needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -46,3 +46,7 @@ bench-telemetry: $(TEST_STAMP)
 
 bench-chat: $(STAMP)
 	$(BIN)/python bench/chat.py
+
+# The node's pull of a 1 GiB file by 1 and 4 agents ÷ curl's rate for the same blob (last line: JSON).
+bench-hub: $(TEST_STAMP)
+	$(BIN)/python bench/hub.py --agents ""

@@ -3,6 +3,12 @@
 agents at once through Fleet's /hf mirror (real Daphne, embedded default, real fleet-agent processes
 deploying it over their sockets), fetched from an HF-compatible upstream served by this script.
 
+Then the node's pull (--pull-mb, default 1 GiB): one file stored in the mirror, deployed by 1 and by 4 agents
+at once (the fast path: parallel Range requests, sha256 verified), the agents' pull rate (as each agent reports
+it: bytes ÷ seconds from starting the download to verified) ÷ curl's rate for the same blob from the same
+server in the same run (1 and 4 curls at once), best of --pull-repeat each, and the agents' peak memory. The
+last line is one JSON object: {"pull_ratio_1", "pull_ratio_4", "agent_rss_mb_peak", ...} (target ratio ≥ 0.7).
+
 Per N it reports: upstream bytes fetched (target 1× the version size: pull-through fetches each blob
 once however many nodes ask), wall time until every agent has the version staged (downloaded and
 verified with verify_repo_checksums), and the mirror's throughput with a plain HTTP client (N parallel
@@ -14,6 +20,7 @@ fresh version, so every round starts cold at the upstream.
 
     .venv/bin/python bench/hub.py                     # 500 MB, agents 1,2,4,8
     .venv/bin/python bench/hub.py --size-mb 64 --agents 1,2 --repeat 1   # quick
+    .venv/bin/python bench/hub.py --agents "" --pull-agents 1,4          # only the pull measure (make bench-hub)
 """
 
 from __future__ import annotations
@@ -155,30 +162,103 @@ http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {tmp};
     return (proc, port) if proc.poll() is None else None
 
 
+def create_commands(stack: Stack, kind: str, names: list[str], sha: str) -> list[str]:
+    """Commands for several nodes in one transaction, so one poll tick sends them all at once."""
+    code = ("import json; from django.db import transaction; from fleet.hub import commands; "
+            "from fleet.hub.models import ModelVersion; from fleet.inventory.models import Node\n"
+            f"version = ModelVersion.objects.get(sha={sha!r})\n"
+            "with transaction.atomic():\n"
+            f"    ids = [commands.create('bench', Node.objects.get(name=n), {kind!r}, version).command_id "
+            f"for n in {names!r}]\n"
+            "print(json.dumps(ids))")
+    return json.loads(stack.manage("shell", "-c", code).splitlines()[-1])
+
+
+def measure_pull(stack: Stack, upstream: FakeHub, agents: list[Agent], secret: str, tmp: Path, size_mb: int,
+                 counts: list[int], repeat: int) -> dict:
+    """Agents' pull rate ÷ curl's for the same blob, N agents / N curls at once; the agents' peak RSS."""
+    data = bytearray(os.urandom(size_mb * MB))
+    data[:16] = b"pull-measure----"
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": bytes(data)}
+    del data
+    upstream.add("bench/pull", files, revision="pull")
+    sha = stack.manage("addmodel", "bench/pull", "--revision", "pull").splitlines()[-1]
+    wait_until(lambda: stack.query("SELECT count(*) FROM hub_blob WHERE state != 'present'") == [(0,)], 600,
+               "the mirror to store the file")
+    size = sum(len(v) for v in files.values())
+    url = f"{stack.url()}/hf/bench/pull/resolve/{sha}/model.safetensors"
+    rss = [PeakRss(agent.process.pid) for agent in agents]
+    result: dict = {"pull_mb": size_mb, "agent_rss_mb_before": round(max(r.peak for r in rss) / MB)}
+    for count in counts:
+        names = [f"bench-{n}" for n in range(count)]
+        agent_rates, curl_rates = [], []
+        for _ in range(repeat):
+            os.sync()
+            commands = create_commands(stack, "deploy", names, sha)
+            marks = ",".join("?" * len(commands))
+
+            def rows(commands=commands, marks=marks):
+                return stack.query(f"SELECT state, error, bytes_per_second FROM hub_nodecommand WHERE command_id IN "
+                                   f"({marks})", tuple(commands))
+
+            wait_until(lambda: all(r[0] in ("staged", "failed") for r in rows()), 1800, f"{count} agents staged")
+            failed = [r[1] for r in rows() if r[0] == "failed"]
+            if failed:
+                raise SystemExit(f"deploy failed: {failed[0]}")
+            # they start together (one poll tick), so the slowest sets the pace of all of them
+            agent_rates.append(count * size / MB / max(size / r[2] for r in rows()))
+            for command_id in create_commands(stack, "remove", names, sha):  # the next run starts from nothing
+                wait_until(lambda c=command_id: stack.query("SELECT state FROM hub_nodecommand WHERE command_id = ?",
+                                                            (c,))[0][0] in ("removed", "failed"), 120, "removal")
+            os.sync()
+            curl_rates.append(curl_rate([url], count, tmp / "curl", secret))
+        agent, curl = max(agent_rates), max(curl_rates)
+        result[f"agent_mb_s_{count}"], result[f"curl_mb_s_{count}"] = round(agent), round(curl)
+        result[f"pull_ratio_{count}"] = round(agent / curl, 3)
+        print(f"pull of {size / MB:.0f} MB by {count} agent(s) at once: agents {agent:.0f} MB/s, curl {curl:.0f} MB/s "
+              f"(ratio {agent / curl:.2f}; runs: agents {', '.join(f'{r:.0f}' for r in agent_rates)}, curl "
+              f"{', '.join(f'{r:.0f}' for r in curl_rates)} MB/s)", flush=True)
+    result["agent_rss_mb_peak"] = round(max(r.close() for r in rss) / MB)  # flat: no file is held in memory
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=500, help="version size in MB (default 500)")
     parser.add_argument("--agents", default="1,2,4,8", help="agent counts, comma-separated (default 1,2,4,8)")
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs per N, best kept (default 3)")
+    parser.add_argument("--pull-mb", type=int, default=1024, help="file size of the pull measure (0: skip it)")
+    parser.add_argument("--pull-agents", default="1,4", help="agents at once in the pull measure (default 1,4)")
+    parser.add_argument("--pull-repeat", type=int, default=3, help="pull runs per count, best kept (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
-    counts = [int(n) for n in args.agents.split(",")]
-    if args.size_mb < SHARDS or any(n < 1 or n > 64 for n in counts) or not 1 <= args.repeat <= 20:
-        raise SystemExit("--size-mb must be at least 4, --agents between 1 and 64, --repeat between 1 and 20")
+    try:
+        counts = [int(n) for n in args.agents.split(",") if n.strip()]
+        pull_counts = [int(n) for n in args.pull_agents.split(",") if n.strip()] if args.pull_mb else []
+    except ValueError:
+        raise SystemExit("--agents and --pull-agents take whole numbers, comma-separated") from None
+    if args.size_mb < SHARDS or any(n < 1 or n > 64 for n in counts + pull_counts) or not 1 <= args.repeat <= 20 \
+            or not 1 <= args.pull_repeat <= 20 or args.pull_mb < 0:
+        raise SystemExit("--size-mb must be at least 4, --agents and --pull-agents between 1 and 64, --repeat and "
+                         "--pull-repeat between 1 and 20")
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-hub-"))
-    print(f"generating {args.size_mb} MB of random weights ...", flush=True)
-    base = bytearray(os.urandom(args.size_mb * MB))
+    if counts:
+        print(f"generating {args.size_mb} MB of random weights ...", flush=True)
+    base = bytearray(os.urandom(args.size_mb * MB)) if counts else bytearray()
     upstream = FakeHub().start()
     stack = Stack(tmp, offline_after=10, engine=True)
     stack.env.update({"FLEET_HF_UPSTREAM": upstream.url, "FLEET_HUB_DISK_MARGIN": "0", "FLEET_LOG_LEVEL": "WARNING"})
     agents: list[Agent] = []
     nginx = None
     rows = []
+    summary: dict = {}
     try:
         stack.start()
-        token = stack.manage("createenrollmenttoken", "--expires", "1h", "--uses", str(max(counts)))
-        for n in range(max(counts)):
-            agent = Agent(tmp / f"agent-{n}", {**stack.env, "FLEET_AGENT_DISK_MARGIN": "0"})
+        nodes = max(counts + pull_counts)
+        token = stack.manage("createenrollmenttoken", "--expires", "1h", "--uses", str(nodes))
+        for n in range(nodes):
+            pull_env = {k: v for k, v in os.environ.items() if k.startswith("FLEET_AGENT_PULL_")}  # to try settings
+            agent = Agent(tmp / f"agent-{n}", {**stack.env, "FLEET_AGENT_DISK_MARGIN": "0", **pull_env})
             result = agent.cli("enroll", "--server", stack.url(), "--token", token, "--name", f"bench-{n}")
             assert result.returncode == 0, result.stderr
             agents.append(agent.run("--simulate", "jetson-orin", "--runtime", "none", "--log-level", "warning"))
@@ -243,6 +323,9 @@ def main() -> None:
             for n in range(count):  # free the agents' disks for the next round
                 stack.manage("deploymodel", "remove", "--node", f"bench-{n}", "--repo", "bench/model",
                              "--revision", sha)
+        del base  # the rounds' weights are no longer needed
+        if pull_counts:
+            summary = measure_pull(stack, upstream, agents, secret, tmp, args.pull_mb, pull_counts, args.pull_repeat)
     finally:
         for agent in agents:
             agent.kill()
@@ -252,6 +335,12 @@ def main() -> None:
         upstream.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    if rows:
+        print_table(rows)
+    print(json.dumps({"pull_ratio_1": None, "pull_ratio_4": None, "agent_rss_mb_peak": None, **summary}))
+
+
+def print_table(rows: list[tuple]) -> None:
     print()
     nginx_col = any(r[7] for r in rows)
     print("| agents | version | upstream fetched | wall (staged, verified) | mirror (curl) | plain copy | mirror ÷ "

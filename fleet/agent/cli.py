@@ -180,7 +180,7 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
         log.error("%s", exc)
         return 1
     try:
-        DeployConfig.from_env()  # FLEET_AGENT_KEEP_VERSIONS, FLEET_AGENT_DISK_MARGIN
+        DeployConfig.from_env()  # FLEET_AGENT_KEEP_VERSIONS, FLEET_AGENT_DISK_MARGIN, FLEET_AGENT_PULL_*
     except ValueError as exc:
         log.error("configuration error: %s", exc)
         return 2

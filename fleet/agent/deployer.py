@@ -1,31 +1,31 @@
 """The node side of model commands: deploy (download through the mirror, verify, stage), activate, roll
 back, remove. Idempotent by command_id; the state file makes a restarted agent resume and re-report.
 
-Downloads are huggingface_hub's own ``snapshot_download`` against the server's ``/hf`` mirror with the node
-secret as the token, into the agent's HF cache; ``verify_repo_checksums`` proves the bytes before a version
-counts as staged. Nothing here imports Django.
+Small files are huggingface_hub's own ``snapshot_download`` against the server's ``/hf`` mirror with the node
+secret as the token, into the agent's HF cache. Files over FLEET_AGENT_PULL_MIN take the fast path at the
+same time (fleet.agent.pull: parallel Range requests, resumable per range, sha256 proven as the ranges land)
+and are linked into the same snapshot, so huggingface_hub, transformers and vLLM find them as if
+snapshot_download had fetched them. Every other file is hashed against the manifest (git-sha1 / sha256, with
+huggingface_hub's own hash helpers) before a version counts as staged. Nothing here imports Django.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from fleet.agent.modelstore import TERMINAL, DeployConfig, ModelStore, etag_of
-from fleet.agent.protocol import Activate, CommandEvent, Deploy, ModelRef, Remove, Rollback
+from fleet.agent.protocol import MAX_RATE, Activate, CommandEvent, Deploy, ModelRef, Remove, Rollback
+from fleet.agent.pull import Puller, PullError, PullRun, file_specs
 from fleet.lib.units import format_bytes
 
 log = logging.getLogger("fleet.agent.deployer")
 PROGRESS_EVERY = 1.0
-# Files bigger than this are fetched by Fleet first, resumably (huggingface_hub 2.4 restarts an interrupted
-# file from zero in a fresh temporary file); snapshot_download then finds the blob and only links it.
-PREFETCH_MIN = 8 * 1024 * 1024
-PREFETCH_WORKERS = 8
 BUSY_RETRY_FOR = 6 * 3600.0  # how long a deploy waits on "503 still fetching from upstream" before failing
 
 
@@ -95,6 +95,7 @@ class Deployer:
         self.progress: dict[str, tuple[int, int]] = {}
         self.lock = asyncio.Lock()  # activation, removal and state changes happen one at a time
         self.on_activated: Callable[[str], None] | None = None  # the runtime supervisor: repo's version changed
+        self.puller: Puller | None = None  # made on first use: the node-wide range slots and rate cap
 
     # ---- what hello reports ----------------------------------------------------------------------
 
@@ -123,17 +124,22 @@ class Deployer:
         self.send = None
 
     async def emit(self, command_id: str, state: str, *, done: int | None = None, total: int | None = None,
-                   error: str | None = None, persist: bool = True) -> None:
+                   error: str | None = None, rate: float | None = None, persist: bool = True) -> None:
+        """``rate``: bytes per second, of the last interval while downloading, of the whole pull after it."""
+        rate = None if rate is None else max(0, min(MAX_RATE, int(rate)))
         if persist:
             fields: dict[str, Any] = {"state": state, "error": error}
             if done is not None:
                 fields.update(bytes_done=done, bytes_total=total)
+            if rate is not None:
+                fields["bytes_per_second"] = rate
             self.store.put_command(command_id, **fields)
         if self.send is None:
             return
         try:
             await self.send(CommandEvent(type="event", command_id=command_id, state=state, bytes_done=done,
-                                         bytes_total=total, error=error[:500] if error else None))
+                                         bytes_total=total, error=error[:500] if error else None,
+                                         bytes_per_second=rate))
         except Exception as exc:  # the connection dropped; the state file and the next hello carry it
             log.debug("could not send event for %s: %s", command_id, exc)
 
@@ -150,7 +156,8 @@ class Deployer:
         record = self.store.command(frame.command_id)
         if record and record.get("state") in TERMINAL:  # already done: report, do not redo
             await self.emit(frame.command_id, record["state"], done=record.get("bytes_done"),
-                            total=record.get("bytes_total"), error=record.get("error"), persist=False)
+                            total=record.get("bytes_total"), error=record.get("error"),
+                            rate=record.get("bytes_per_second"), persist=False)
             return
         if frame.command_id in self.tasks:
             done, total = self.progress.get(frame.command_id, (None, None))
@@ -186,9 +193,24 @@ class Deployer:
             log.exception("%s %s crashed", record["kind"], command_id)
             await self.emit(command_id, "failed", error=f"agent error: {type(exc).__name__}: {exc}")
 
+    def fast_entries(self, manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The manifest's LFS files over FLEET_AGENT_PULL_MIN: fetched by fleet.agent.pull."""
+        return [entry for entry in manifest if int(entry.get("size") or 0) > self.config.pull.min_size
+                and (entry.get("lfs") or {}).get("sha256") and etag_of(entry)]
+
+    def _pull(self, repo: str, sha: str, entries: list[dict[str, Any]]) -> PullRun:
+        from huggingface_hub import hf_hub_url
+
+        if self.puller is None:
+            self.puller = Puller(self.config.pull, self.secret)
+        specs = file_specs(entries, lambda path: hf_hub_url(repo, path, revision=sha, endpoint=self.mirror_url),
+                           lambda etag: self.store.blob_paths(repo, etag)[0])
+        return self.puller.prepare(specs)
+
     async def _deploy(self, command_id: str, record: dict[str, Any]) -> None:
         repo, sha, manifest = record["repo"], record["sha"], record.get("manifest") or []
         total = sum(int(entry.get("size") or 0) for entry in manifest)
+        rate = record.get("bytes_per_second")
         if not self.store.is_staged(repo, sha):
             present = self.store.bytes_present(repo, manifest)
             free = self.store.free_bytes()
@@ -198,41 +220,63 @@ class Deployer:
                     f"{format_bytes(self.config.disk_margin)} margin (FLEET_AGENT_DISK_MARGIN), "
                     f"{format_bytes(free)} free under {self.store.cache}")
             await self.emit(command_id, "downloading", done=present, total=total)
-            download = asyncio.ensure_future(in_thread(self._download, repo, sha, manifest))
+            fast = self.fast_entries(manifest)
+            rest = [entry for entry in manifest if entry not in fast]
+            pull = self._pull(repo, sha, fast)
+            started = last_at = time.monotonic()
+            last = present
+            download = asyncio.ensure_future(in_thread(self._download, repo, sha, rest, pull))
             while not download.done():
                 await asyncio.wait({download}, timeout=PROGRESS_EVERY)
-                done = self.store.bytes_present(repo, manifest)
+                done = min(total, self.store.bytes_present(repo, rest) + pull.bytes_done())
+                now = time.monotonic()
                 self.progress[command_id] = (done, total)
                 if not download.done():
-                    await self.emit(command_id, "downloading", done=done, total=total, persist=False)
+                    await self.emit(command_id, "downloading", done=done, total=total, persist=False,
+                                    rate=max(0, done - last) / max(1e-3, now - last_at))
+                last, last_at = done, now
             download.result()
             await self.emit(command_id, "verifying", done=total, total=total)
-            await in_thread(self._verify, repo, sha)
+            await in_thread(self._verify, repo, sha, manifest, pull.verified())
+            rate = (total - present) / max(1e-3, time.monotonic() - started) if total > present else None
             async with self.lock:
                 self.store.mark_staged(repo, sha, total)
-            log.info("staged %s@%s (%s)", repo, sha[:12], format_bytes(total))
+            log.info("staged %s@%s (%s%s)", repo, sha[:12], format_bytes(total),
+                     f", pulled at {format_bytes(rate)}/s" if rate else "")
         if record.get("activate"):
+            if rate is not None:
+                self.store.put_command(command_id, bytes_per_second=int(min(rate, MAX_RATE)))
             await self._activate(command_id, repo, sha)
         else:
-            await self.emit(command_id, "staged", done=total, total=total)
+            await self.emit(command_id, "staged", done=total, total=total, rate=rate)
 
-    def _download(self, repo: str, sha: str, manifest: list[dict[str, Any]]) -> None:
+    def _download(self, repo: str, sha: str, rest: list[dict[str, Any]], pull: PullRun) -> None:
+        """The small files through snapshot_download while the big ones take the fast path, both at once."""
         from concurrent.futures import ThreadPoolExecutor
 
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError
 
         self.store.clean_incomplete(repo)
-        big = [entry for entry in manifest if int(entry.get("size") or 0) > PREFETCH_MIN and etag_of(entry)]
+        patterns = [glob.escape(entry["path"]) for entry in rest if entry.get("path")]
         deadline = time.monotonic() + BUSY_RETRY_FOR
         while True:
             try:
-                if big:
-                    with ThreadPoolExecutor(max_workers=min(PREFETCH_WORKERS, len(big))) as pool:
-                        list(pool.map(lambda entry: self._prefetch(repo, sha, entry), big))
-                snapshot_download(repo, revision=sha, endpoint=self.mirror_url, token=self.secret,
-                                  cache_dir=self.store.cache, etag_timeout=30)
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-hf") as pool:
+                    small = pool.submit(snapshot_download, repo, revision=sha, endpoint=self.mirror_url,
+                                        token=self.secret, cache_dir=self.store.cache, etag_timeout=30,
+                                        allow_patterns=patterns) if patterns else None
+                    try:
+                        pull.run()
+                    finally:
+                        if small is not None:
+                            small.result()
+                for spec in pull.specs:
+                    self.store.link(repo, sha, spec.path, spec.sha256)
+                self.store.snapshot(repo, sha).mkdir(parents=True, exist_ok=True)
                 return
+            except PullError as exc:
+                raise CommandFailed(f"download failed: {exc}"[:500]) from None
             except HfHubHTTPError as exc:
                 response = getattr(exc, "response", None)
                 if getattr(response, "status_code", None) != 503 or time.monotonic() > deadline:
@@ -244,44 +288,34 @@ class Deployer:
             except Exception as exc:
                 raise CommandFailed(explain_download_error(exc, repo, sha)) from None
 
-    def _prefetch(self, repo: str, sha: str, entry: dict[str, Any]) -> None:
-        """Download one large file into the HF cache's blob folder, resuming a partial one with Range."""
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.file_download import http_get
-        from huggingface_hub.utils import build_hf_headers
+    def _verify(self, repo: str, sha: str, manifest: list[dict[str, Any]], proven: set[str]) -> None:
+        """Every file of the manifest is in the snapshot with the right git-sha1 / sha256 (the checks of
+        huggingface_hub's verify_repo_checksums, without hashing again what the fast path just proved)."""
+        from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
-        final, partial = self.store.blob_paths(repo, etag_of(entry))
-        size = int(entry["size"])
-        if final.exists():
-            return
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        start = partial.stat().st_size if partial.exists() else 0
-        if start > size:
-            partial.unlink()
-            start = 0
-        if start:
-            log.info("resuming %s at %s of %s", entry["path"], format_bytes(start), format_bytes(size))
-        url = hf_hub_url(repo, entry["path"], revision=sha, endpoint=self.mirror_url)
-        with open(partial, "ab") as handle:
-            http_get(url, handle, resume_size=start, headers=build_hf_headers(token=self.secret),
-                     expected_size=size, displayed_filename=entry["path"])
-        os.replace(partial, final)
-
-    def _verify(self, repo: str, sha: str) -> None:
-        from huggingface_hub import HfApi
-
-        try:
-            result = HfApi(endpoint=self.mirror_url, token=self.secret).verify_repo_checksums(
-                repo, revision=sha, cache_dir=self.store.cache)
-        except Exception as exc:
-            raise CommandFailed(f"verification could not run: {explain_download_error(exc, repo, sha)}") from None
-        bad = [m["path"] for m in result.mismatches]
-        if bad or result.missing_paths:
+        snapshot = self.store.snapshot(repo, sha)
+        mismatches, missing = [], []
+        for entry in manifest:
+            path = snapshot / entry["path"]
+            if not path.is_file():
+                missing.append(entry["path"])
+                continue
+            if entry["path"] in proven:
+                continue
+            sha256 = (entry.get("lfs") or {}).get("sha256")
+            with open(path, "rb") as handle:
+                algorithm, expected = ("sha256", sha256) if sha256 else ("git-sha1", entry.get("oid") or "")
+                actual = sha_fileobj(handle).hex() if sha256 else git_hash(handle.read())
+            if actual != str(expected).lower():
+                mismatches.append({"path": entry["path"], "algorithm": algorithm, "expected": str(expected),
+                                   "actual": actual})
+        bad = [m["path"] for m in mismatches]
+        if bad or missing:
             self.store.discard_corrupt(repo, sha, bad)
             detail = "; ".join(f"{m['path']} {m['algorithm']} mismatch (expected {m['expected'][:16]}…, got "
-                               f"{m['actual'][:16]}…)" for m in result.mismatches[:3])
-            if result.missing_paths:
-                detail += ("; " if detail else "") + f"missing: {', '.join(result.missing_paths[:5])}"
+                               f"{m['actual'][:16]}…)" for m in mismatches[:3])
+            if missing:
+                detail += ("; " if detail else "") + f"missing: {', '.join(missing[:5])}"
             raise CommandFailed(f"verification failed, not staged: {detail}; the bad files were deleted, a new "
                                 "deploy downloads them again")
 
@@ -297,7 +331,8 @@ class Deployer:
         if self.on_activated is not None:
             self.on_activated(repo)
         size = int(self.store.state["versions"].get(f"{repo}@{sha}", {}).get("size") or 0)
-        await self.emit(command_id, "active", done=size, total=size)
+        rate = (self.store.command(command_id) or {}).get("bytes_per_second")
+        await self.emit(command_id, "active", done=size, total=size, rate=rate)
 
     async def _activate_cmd(self, command_id: str, record: dict[str, Any]) -> None:
         await self._activate(command_id, record["repo"], record["sha"])

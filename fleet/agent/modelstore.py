@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.agent.pull import ranges_written
+from fleet.agent.pullconfig import ConfigError as ConfigError  # raised by DeployConfig.from_env
+from fleet.agent.pullconfig import PullConfig
 from fleet.agent.state import now_iso, write_json_atomic
 from fleet.lib.units import parse_size
 
@@ -21,21 +24,19 @@ MAX_COMMANDS = 200
 DEFAULT_KEEP = 2
 DEFAULT_MARGIN = 1024**3
 TERMINAL = {"staged", "active", "removed", "failed"}
-PARTIAL = ".fleet-partial"  # a resumable download of a blob (see deployer.PREFETCH_MIN)
-
-
-class ConfigError(ValueError):
-    pass
+PARTIAL = ".fleet-partial"  # a resumable download of a blob (fleet.agent.pull)
 
 
 @dataclass(frozen=True)
 class DeployConfig:
     keep: int = DEFAULT_KEEP
     disk_margin: int = DEFAULT_MARGIN
+    pull: PullConfig = PullConfig()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> DeployConfig:
-        """FLEET_AGENT_KEEP_VERSIONS (previous versions kept for rollback) and FLEET_AGENT_DISK_MARGIN."""
+        """FLEET_AGENT_KEEP_VERSIONS (previous versions kept for rollback), FLEET_AGENT_DISK_MARGIN and the
+        fast path's FLEET_AGENT_PULL_* (see PullConfig)."""
         environ = os.environ if environ is None else environ
         keep_raw = environ.get("FLEET_AGENT_KEEP_VERSIONS", "").strip()
         margin_raw = environ.get("FLEET_AGENT_DISK_MARGIN", "").strip()
@@ -51,7 +52,7 @@ class DeployConfig:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"FLEET_AGENT_DISK_MARGIN={margin_raw!r} must be a size such as 2G or 500M") from None
-        return cls(keep=keep, disk_margin=margin)
+        return cls(keep=keep, disk_margin=margin, pull=PullConfig.from_env(environ))
 
 
 def repo_folder(repo: str) -> str:
@@ -125,25 +126,36 @@ class ModelStore:
         return sorted(self.state["active"].items())
 
     def bytes_present(self, repo: str, manifest: list[dict[str, Any]]) -> int:
-        """Bytes of ``manifest`` already in the cache: finished blobs plus partial (.incomplete) ones."""
+        """Bytes of ``manifest`` already in the cache: finished blobs plus the written ranges of partial ones."""
         blobs = self.cache / repo_folder(repo) / "blobs"
         done = 0
         for entry in manifest:
             etag, size = etag_of(entry), int(entry.get("size") or 0)
             if not etag:
                 continue
-            for path in (blobs / etag, blobs / f"{etag}{PARTIAL}"):
-                try:
-                    done += min(size, path.stat().st_size)
-                    break
-                except OSError:
-                    continue
+            final = blobs / etag
+            if final.exists():
+                done += size
+                continue
+            written = ranges_written(final, size)
+            if written is not None:
+                done += written
         return done
 
     def blob_paths(self, repo: str, etag: str) -> tuple[Path, Path]:
         """(final, partial) paths of one blob in the HF cache."""
         blobs = self.cache / repo_folder(repo) / "blobs"
         return blobs / etag, blobs / f"{etag}{PARTIAL}"
+
+    def link(self, repo: str, sha: str, path: str, etag: str) -> None:
+        """``snapshots/<sha>/<path>`` → ``../../blobs/<etag>`` (relative), as huggingface_hub links a download."""
+        pointer = self.snapshot(repo, sha) / path
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        blob = self.cache / repo_folder(repo) / "blobs" / etag
+        tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(blob, pointer.parent), tmp)
+        os.replace(tmp, pointer)
 
     def clean_incomplete(self, repo: str) -> None:
         """huggingface_hub's own per-process temporary files of a killed run can never be reused."""

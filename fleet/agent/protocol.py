@@ -21,6 +21,7 @@ MAX_FRAME_BYTES = 1024 * 1024
 MAX_INT = 2**53
 MAX_INT32 = 2**31 - 1
 MAX_TS = 4_102_444_800.0  # 2100-01-01: a timestamp past it is a broken clock, not a sample
+MAX_RATE = 10**12  # bytes per second (1 TB/s): past any NIC or disk a node has
 
 
 def _text(value: str) -> str:
@@ -227,6 +228,7 @@ class CommandEvent(_Frame):
     state: ShortStr
     bytes_done: NonNegInt | None = None
     bytes_total: NonNegInt | None = None
+    bytes_per_second: Annotated[int, Field(ge=0, le=MAX_RATE)] | None = None  # a download's pull rate
     error: Str | None = None
     detail: Text(4096) | None = None  # e.g. a health check's answer
 

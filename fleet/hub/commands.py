@@ -153,6 +153,8 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
         fields["bytes_done"] = event.bytes_done
     if event.bytes_total:
         fields["bytes_total"] = event.bytes_total
+    if event.bytes_per_second is not None:
+        fields["bytes_per_second"] = event.bytes_per_second
     if event.detail is not None and final:
         fields["detail"] = event.detail
     with transaction.atomic():

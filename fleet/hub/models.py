@@ -212,6 +212,8 @@ class NodeCommand(models.Model):
     state = models.CharField(max_length=16, choices=CommandState.choices, default=CommandState.PENDING)
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
+    bytes_per_second = models.BigIntegerField(default=0, help_text="The agent's pull rate: of the last second "
+                                              "while downloading, of the whole download once staged.")
     error = models.CharField(max_length=500, blank=True)
     prompt = models.TextField(blank=True, help_text="A health check's prompt.")
     expect = models.CharField(max_length=1000, blank=True, help_text="Text a health check's answer must contain.")

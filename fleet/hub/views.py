@@ -224,7 +224,8 @@ def progress(request: HttpRequest) -> JsonResponse:
                             "done": done.get(v.pk, 0), "total": v.total_size, "error": v.sync_error}
                      for v in versions},
         "commands": {c.pk: {"state": c.state, "label": c.get_state_display(), "colour": c.state_colour,
-                            "done": c.bytes_done, "total": c.bytes_total, "error": c.error}
+                            "done": c.bytes_done, "total": c.bytes_total, "rate": c.bytes_per_second,
+                            "error": c.error}
                      for c in NodeCommand.objects.filter(pk__in=command_ids)},
     }
     return JsonResponse(payload)

@@ -161,6 +161,7 @@ class TargetOut(Schema):
     error: str
     bytes_done: int = Field(0, description="while it stages: bytes downloaded so far")
     bytes_total: int = 0
+    bytes_per_second: int = Field(0, description="while it stages: the node's pull rate")
 
 
 class EventOut(Schema):

@@ -96,17 +96,18 @@ EVENTS_SHOWN = 200
 
 def rollout_detail(rollout_id: int) -> tuple[Rollout, list[RolloutTarget], list[RolloutEvent]]:
     """A rollout with its targets (their node names, and the bytes of the downloads under way as
-    ``bytes_done``/``bytes_total``) and its newest events; five queries at most."""
+    ``bytes_done``/``bytes_total``/``bytes_per_second``) and its newest events; five queries at most."""
     rollout = Rollout.objects.select_related("deployment__model", "from_version", "to_version", "created_by").get(
         pk=rollout_id)
     targets = list(RolloutTarget.objects.filter(rollout=rollout).select_related("node").only(
         "node__name", "node__status", "rollout_id", "position", "wave", "state", "on", "attempt", "error",
         "command_id", "updated_at").order_by("position", "id"))
     downloading = [t.command_id for t in targets if t.state in ("scheduled", "downloading") and t.command_id]
-    progress = {command_id: (done, total) for command_id, done, total in NodeCommand.objects.filter(
-        command_id__in=downloading).values_list("command_id", "bytes_done", "bytes_total")} if downloading else {}
+    progress = {command_id: (done, total, rate) for command_id, done, total, rate in NodeCommand.objects.filter(
+        command_id__in=downloading).values_list("command_id", "bytes_done", "bytes_total", "bytes_per_second")
+    } if downloading else {}
     for target in targets:
-        target.bytes_done, target.bytes_total = progress.get(target.command_id, (0, 0))
+        target.bytes_done, target.bytes_total, target.bytes_per_second = progress.get(target.command_id, (0, 0, 0))
         target.percent = int(100 * target.bytes_done / target.bytes_total) if target.bytes_total else 0
     events = list(RolloutEvent.objects.filter(rollout=rollout).select_related("target__node").only(
         "from_state", "to_state", "why", "actor_name", "created_at", "rollout_id", "target__node__name")
@@ -122,7 +123,8 @@ def rollout_json(rollout: Rollout, targets: list[RolloutTarget], events: list[Ro
         "created_by": rollout.created_by.get_username() if rollout.created_by else None,
         "targets": [{"node": t.node.name, "wave": t.wave, "state": t.state, "on": t.on, "attempt": t.attempt,
                      "error": t.error, "bytes_done": getattr(t, "bytes_done", 0),
-                     "bytes_total": getattr(t, "bytes_total", 0)} for t in targets],
+                     "bytes_total": getattr(t, "bytes_total", 0),
+                     "bytes_per_second": getattr(t, "bytes_per_second", 0)} for t in targets],
     }
     if events is not None:
         data["events"] = [{"at": e.created_at, "node": e.target.node.name if e.target else None,

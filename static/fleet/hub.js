@@ -27,6 +27,8 @@
     }
     const text = el.querySelector(".progress-text");
     if (text) text.textContent = F.bytes(item.done) + " / " + F.bytes(item.total) + " (" + F.formatPercent(pct) + ")";
+    const rate = el.querySelector("[data-rate]");  // the node's pull rate (commands only)
+    if (rate) rate.textContent = item.rate ? F.bytes(item.rate) + "/s" : "";
     const badge = el.querySelector(".badge");
     if (badge) { badge.className = "badge badge-" + item.colour; badge.textContent = item.label; }
     const error = el.querySelector(".error-text");

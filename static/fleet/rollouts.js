@@ -46,6 +46,7 @@
         download.querySelector(".progress span").style.width = pct + "%";
         download.querySelector(".progress").setAttribute("aria-valuenow", String(pct));
         download.querySelector("[data-target-bytes]").textContent = size(t.bytes_done) + " / " + size(t.bytes_total);
+        download.querySelector("[data-target-rate]").textContent = t.bytes_per_second ? size(t.bytes_per_second) + "/s" : "";
       }
     }
     for (const [wave, w] of Object.entries(waves)) {

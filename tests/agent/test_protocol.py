@@ -104,3 +104,12 @@ def test_server_frames_parse():
     with pytest.raises(FrameError) as info:
         parse_server_frame('{"type": "deploy", "command_id": "c1", "repo": "r", "sha": "nothex"}')
     assert info.value.detail.startswith("sha:")
+
+
+def test_command_event_pull_rate_is_bounded():
+    event = {"type": "event", "v": 1, "command_id": "c1", "state": "downloading", "bytes_done": 5,
+             "bytes_total": 10, "bytes_per_second": 1_500_000_000}
+    assert parse_agent_frame(json.dumps(event)).bytes_per_second == 1_500_000_000
+    for bad in (-1, 10**13, 1e400, "fast", 2.5):
+        error = parse_error({**event, "bytes_per_second": bad})
+        assert "bytes_per_second" in str(error), bad

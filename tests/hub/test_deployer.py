@@ -1,6 +1,7 @@
 """The agent's deployer in-process against a live mirror: idempotent by command_id, activation switches the
 pointer atomically and keeps N previous versions, removal refuses the active version, rollback, restart
-resume from the state file, a corrupt cached blob caught by verification, bad configuration refused."""
+a corrupt cached blob caught by verification, bad configuration refused (the fast path and its resume:
+test_fast_pull.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleet.agent.deployer import Deployer
-from fleet.agent.modelstore import ConfigError, DeployConfig, ModelStore
+from fleet.agent.modelstore import ConfigError, DeployConfig
 from fleet.agent.protocol import Activate, CommandEvent, Deploy, Remove, Rollback
 from fleet.hub import commands
 from fleet.hub.importer import import_folder
@@ -107,39 +108,6 @@ def test_deploy_activate_keep_previous_rollback_remove(mirror, tmp_path) -> None
     run(scenario())
 
 
-def test_restart_reports_reached_state_and_resumes_unfinished(mirror, tmp_path) -> None:
-    server, secret, _ = mirror
-    version = _version(tmp_path, "v1", b"a", weights_mib=10)  # > PREFETCH_MIN: Fleet's resumable prefetch
-    home = tmp_path / "agent"
-    weights = version.files.get(path="model.safetensors")
-    data = (tmp_path / "v1" / "model.safetensors").read_bytes()
-    # a previous run got a third of the weights and was killed
-    store = ModelStore(home)
-    _, partial = store.blob_paths("acme/tiny", weights.lfs_sha256)
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(data[: len(data) // 3])
-    store.put_command("d1", kind="deploy", repo="acme/tiny", sha=version.sha, activate=False, state="downloading",
-                      manifest=[f.manifest_entry() for f in version.files.all()])
-
-    async def scenario():
-        recorder = Recorder()
-        deployer = Deployer(home, secret, server, DeployConfig(keep=2, disk_margin=0))
-        assert deployer.in_flight() == ["d1"]
-        deployer.attach(recorder, server + "/hf")  # resumes d1 without waiting for the server
-        assert "d1" in deployer.tasks
-        while "d1" in deployer.tasks:
-            await asyncio.sleep(0.05)
-        assert recorder.final("d1").state == "staged"
-        first = next(e for e in recorder.events if e.state == "downloading")
-        assert first.bytes_done >= len(data) // 3  # started from what was on disk
-        assert deployer.in_flight() == [] and [r.sha for r in deployer.installed()] == [version.sha]
-
-    run(scenario())
-    from fleet.hub import blobserver
-
-    assert blobserver.stats["bytes_sent"] > 0
-
-
 def test_corrupt_cached_blob_is_caught_and_deleted(mirror, tmp_path) -> None:
     server, secret, _ = mirror
     version = _version(tmp_path, "v1", b"a")
@@ -205,6 +173,7 @@ def test_a_revoked_node_gets_a_clear_failure(mirror, tmp_path) -> None:
 @pytest.mark.parametrize(("env", "words"), [
     ({"FLEET_AGENT_KEEP_VERSIONS": "many"}, "FLEET_AGENT_KEEP_VERSIONS='many' must be a whole number"),
     ({"FLEET_AGENT_DISK_MARGIN": "lots"}, "FLEET_AGENT_DISK_MARGIN='lots' must be a size"),
+    ({"FLEET_AGENT_PULL_RANGES": "100"}, "FLEET_AGENT_PULL_RANGES='100' must be a whole number from 1 to 64"),
 ])
 def test_bad_agent_configuration(env, words) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -222,7 +191,10 @@ def test_server_frames_and_events_roundtrip(make_node, tmp_path, hub_root) -> No
     command.refresh_from_db()
     assert command.state == "sent" and command.sent_at is not None
     commands.record_event(node.pk, CommandEvent(type="event", command_id=command.command_id, state="downloading",
-                                                bytes_done=10, bytes_total=version.total_size))
+                                                bytes_done=10, bytes_total=version.total_size,
+                                                bytes_per_second=250 * 1024**2))
+    command.refresh_from_db()
+    assert (command.bytes_done, command.bytes_per_second) == (10, 250 * 1024**2)
     other, _ = make_node("gpu-03")
     assert commands.record_event(other.pk, CommandEvent(type="event", command_id=command.command_id,
                                                         state="active")) is None  # not its command

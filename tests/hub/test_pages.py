@@ -138,6 +138,13 @@ def test_node_page_deploy_here_and_activate(client: Client, bob, charlie, versio
     assert NodeCommand.objects.filter(kind=CommandKind.ACTIVATE).count() == 1
     page = client.get(reverse("node-detail", args=[node.pk])).content.decode()
     assert "Activate" in page and 'data-command-progress=' in page
+    # the node's pull rate, next to its progress, on the version page and in the progress feed
+    NodeCommand.objects.filter(pk=command.pk).update(state="downloading", bytes_done=1024,
+                                                    bytes_per_second=5 * 1024**2)
+    page = client.get(reverse("hub-version", args=[version.pk])).content.decode()
+    assert "1.0 KiB / " in page and "5.0 MiB/s" in page
+    feed = client.get(reverse("hub-progress"), {"commands": str(command.pk)}).json()
+    assert feed["commands"][str(command.pk)]["rate"] == 5 * 1024**2
 
 
 def test_unapproved_versions_cannot_be_deployed(client: Client, bob, alice, version, make_node) -> None:

@@ -207,10 +207,11 @@ def test_targets_report_their_download_progress(deployment, bob, charlie) -> Non
     rollout = services.create_rollout(bob, deployment, "v2", SOAK_ONLY)
     command = NodeCommand.objects.select_related("node").get(node__name="gpu-02", kind="deploy")
     hub_commands.record_event(command.node_id, CommandEvent(type="event", command_id=command.command_id,
-                                                            state="downloading", bytes_done=512, bytes_total=2048))
+                                                            state="downloading", bytes_done=512, bytes_total=2048,
+                                                            bytes_per_second=3 * 1024**3))
     driver.tick()
     targets = {t["node"]: t for t in bearer(charlie).get(f"/api/rollouts/{rollout.pk}/").json()["targets"]}
-    assert (targets["gpu-02"]["state"], targets["gpu-02"]["bytes_done"], targets["gpu-02"]["bytes_total"]) == (
-        "downloading", 512, 2048)
+    assert (targets["gpu-02"]["state"], targets["gpu-02"]["bytes_done"], targets["gpu-02"]["bytes_total"],
+            targets["gpu-02"]["bytes_per_second"]) == ("downloading", 512, 2048, 3 * 1024**3)
     page = session(charlie).get(f"/rollouts/{rollout.pk}/").content.decode()
-    assert "512 B / 2.0 KiB" in page
+    assert "512 B / 2.0 KiB" in page and "3.0 GiB/s" in page
