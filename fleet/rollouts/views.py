@@ -77,6 +77,9 @@ def rollout_new(request: HttpRequest, name: str) -> HttpResponse:
     return render(request, "rollouts/rollout_new.html", {"deployment": deployment, "form": form, "plan": plan})
 
 
+CANARY_LIVE = ("verifying", "committed")  # the canary serves the new version: compare it with the old one
+
+
 def _waves(targets: list) -> list[dict]:
     members: dict[int, list] = {}
     for target in targets:
@@ -97,13 +100,14 @@ def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
     except Rollout.DoesNotExist:
         raise Http404("no such rollout") from None
     strategy = Strategy.model_validate(rollout.strategy)
-    canary = rollout.active and rollout.from_version is not None and any(
-        t.wave == 0 and t.on == "new" for t in targets) and strategy.canary != 0
+    can_compare = rollout.active and rollout.from_version is not None and strategy.canary != 0
+    canary_live = any(t.wave == 0 and (t.on == "new" or t.state in CANARY_LIVE) for t in targets)
     repo = rollout.deployment.repo
     return render(request, "rollouts/rollout_detail.html", {
         "rollout": rollout, "targets": targets, "events": events, "waves": _waves(targets), "strategy": strategy,
         "compare_url": (f"/playground/?compare=1&a={repo}@{rollout.from_version.sha}&b={repo}@{rollout.to_version.sha}"
-                        if canary else ""),
+                        if can_compare else ""),
+        "canary_live": canary_live,
         "target_states": list(TargetStatus),
         "states": {"rollout": {s.value: s.colour for s in RolloutStatus},
                    "target": {s.value: s.colour for s in TargetStatus},

@@ -59,6 +59,12 @@
       bar.classList.toggle("done", w.done === w.total);
       bar.setAttribute("aria-valuenow", String(pct));
     }
+    const compare = root.querySelector("[data-compare]");
+    if (compare) {  // shown once the canary serves the new version
+      compare.hidden = !data.targets.some(function (t) {
+        return t.wave === 0 && (t.on === "new" || t.state === "verifying" || t.state === "committed");
+      });
+    }
     const body = root.querySelector("[data-events]");
     const rows = (data.events || []).map(function (e) {
       const tr = document.createElement("tr");

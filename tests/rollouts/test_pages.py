@@ -112,12 +112,12 @@ def test_the_rollout_page_has_the_grid_the_buttons_and_the_compare_link_during_t
     client = login(bob)
     page = client.get(f"/rollouts/{rollout.pk}/").content.decode()
     assert 'data-live="1"' in page and 'data-target="gpu-01"' in page and "rollouts.js" in page
-    assert "Compare stable and canary" not in page  # no canary serves the new version yet
+    assert "data-compare hidden>Compare stable and canary" in page  # no canary serves the new version yet
     for _ in range(3):
         agents_answer()
         driver.tick()
     page = client.get(f"/rollouts/{rollout.pk}/").content.decode()
-    assert f"/playground/?compare=1&amp;a=acme/tiny@{'a' * 40}&amp;b=acme/tiny@{'b' * 40}" in page
+    assert f"/playground/?compare=1&amp;a=acme/tiny@{'a' * 40}&amp;b=acme/tiny@{'b' * 40}\" data-compare>" in page
 
     response = client.post(f"/rollouts/{rollout.pk}/pause/", {"reason": "looking"}, follow=True)
     rollout.refresh_from_db()
