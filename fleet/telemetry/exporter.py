@@ -29,7 +29,7 @@ from fleet.telemetry.models import Alert, AlertSeverity
 from fleet.telemetry.store import get_store
 
 MIB = 1024 * 1024
-LABELS = ["gpu", "UUID", "modelName", "Hostname"]
+LABELS = ["gpu", "UUID", "modelName", "Hostname", "node"]  # node: Fleet's node name (hostnames may repeat)
 # (DCGM name, help, sample field, scale to DCGM's unit)
 DCGM_FIELDS: list[tuple[str, str, str, float]] = [
     ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "utilization_gpu", 1),
@@ -84,7 +84,8 @@ class FleetCollector:
             for gpu in frame.get("gpus", []):
                 if gpu.get("lost"):
                     continue  # DCGM stops exporting a GPU it cannot read
-                labels = [str(gpu["index"]), gpu["uuid"], models.get((node_id, gpu["uuid"]), ""), hostname]
+                model = models.get((node_id, gpu["uuid"]), "")
+                labels = [str(gpu["index"]), gpu["uuid"], model, hostname, node["name"]]
                 for name, _, field, scale in DCGM_FIELDS:
                     value = gpu.get(field)
                     if value is not None:

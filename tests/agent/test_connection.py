@@ -128,7 +128,7 @@ async def test_session_hello_welcome_ping_pong_metrics_and_clean_stop(tmp_path):
 
     assert server.auth == [f"Bearer {SECRET}"]
     hello: Hello = seen["hello"]
-    assert hello.agent_version and hello.host.hostname == socket.gethostname()
+    assert hello.agent_version and hello.host.hostname == "node-7.sim.fleet.local"  # simulated: its own name
     assert hello.host.kind == "gpu_server" and hello.host.labels == {"rack": "r1"}
     assert len(hello.gpus) == 8 and hello.gpu_note is None
     assert seen["pong"].nonce == "nonce-123"

@@ -72,11 +72,18 @@ def test_unknown_profile_lists_valid_ones():
 
 def test_jetson_host_overrides():
     collector = make_collector("jetson-orin", seed="edge-1")
-    assert collector.host_overrides() == {"arch": "aarch64", "kind": "edge_device"}
+    assert collector.host_overrides() == {"arch": "aarch64", "kind": "edge_device",
+                                          "hostname": "edge-1.sim.fleet.local"}
     (gpu,), _ = collector.inventory()
     assert gpu.name == "Orin (nvgpu)"
     assert 28 * 2**30 < gpu.memory_total_bytes < 32 * 2**30
-    assert make_collector("cpu-only", seed="x").host_overrides() == {}
+    assert make_collector("cpu-only", seed="x").host_overrides() == {"hostname": "x.sim.fleet.local"}
+
+
+def test_simulated_nodes_have_distinct_hostnames():
+    seeds = ("gpu-01", "gpu-02", "GPU 03")
+    names = {make_collector("h100x8", seed=seed).host_overrides()["hostname"] for seed in seeds}
+    assert names == {"gpu-01.sim.fleet.local", "gpu-02.sim.fleet.local", "gpu-03.sim.fleet.local"}
 
 
 def test_injected_lost_gpu():

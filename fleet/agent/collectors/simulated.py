@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ PROFILES: dict[str, Profile] = {
 }
 
 PATTERNS = ("idle", "busy", "bursty")
+
+
+def simulated_hostname(seed: str) -> str:
+    """``gpu-01`` → ``gpu-01.sim.fleet.local``: a DNS-shaped name derived from the node's name (the seed)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", seed.lower()).strip("-")[:63] or "node"
+    return f"{label}.sim.fleet.local"
 
 
 def _unit(*parts: object) -> float:
@@ -189,7 +196,9 @@ class SimulatedCollector:
         return sample.model_copy(update=changes) if changes else sample
 
     def host_overrides(self) -> dict[str, Any]:
-        return dict(self.profile.host)
+        """The profile's host facts and a simulated hostname of its own: every simulated node on one machine
+        would otherwise report that machine's name, and /metrics' Hostname could not tell them apart."""
+        return {**self.profile.host, "hostname": simulated_hostname(self.seed)}
 
     def close(self) -> None:
         pass
