@@ -109,7 +109,8 @@ def test_nodes_box_offers_activate_and_follows_commands(client: Client, bob, cha
     box = client.get(url).content.decode()
     assert "Activate: pending" in item(staged) and "Activate</button>" not in item(staged)
     # The agent reports it active: the box follows.
-    NodeCommand.objects.filter(kind=CommandKind.ACTIVATE).update(state=CommandState.ACTIVE, finished_at="2026-01-01T00:00Z")
+    NodeCommand.objects.filter(kind=CommandKind.ACTIVATE).update(state=CommandState.ACTIVE,
+                                                                 finished_at="2026-01-01T00:00Z")
     NodeInstall.objects.filter(node=staged).update(state=InstallState.ACTIVE)
     box = client.get(url).content.decode()
     assert 'data-install-state="active"' in item(staged) and "Activate: " not in item(staged)
