@@ -113,7 +113,7 @@
       var date = new Date(times[i].getAttribute("datetime"));
       var text = relative(date, now);
       if (times[i].textContent !== text) times[i].textContent = text;
-      if (!times[i].title && !isNaN(date.getTime())) times[i].title = utcText(date);
+      if (!isNaN(date.getTime()) && times[i].title !== utcText(date)) times[i].title = utcText(date);
     }
   }
   window.fleetFormat.tickTimes = tickTimes;
