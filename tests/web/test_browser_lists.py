@@ -51,7 +51,8 @@ def agent_loop():
 
 def _enroll(base: str, token: str, name: str) -> dict:
     body = json.dumps({"token": token, "hostname": f"{name}.lab", "name": name}).encode()
-    request = urllib.request.Request(f"{base}/api/agents/enroll", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(f"{base}/api/agents/enroll", data=body,
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
