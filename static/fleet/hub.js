@@ -42,6 +42,23 @@
   if (document.querySelector("[data-version-nodes]")) {
     setInterval(() => { if (!document.hidden) redrawNodesSoon(0); }, NODES_MS);
   }
+  // A node page's model actions follow its node's status (live.js announces pushed nodes as "fleet:node");
+  // the words match fleet/hub/reach.py. Coming back online reloads the node page (live.js).
+  function unreachable(node) {
+    if (node.status === "revoked") return node.name + " is revoked: it can no longer receive commands";
+    if (node.status === "offline") return node.name + " is offline: its agent must reconnect first";
+    return "";
+  }
+  document.addEventListener("fleet:node", (event) => {
+    const node = event.detail || {};
+    const reason = unreachable(node);
+    document.querySelectorAll('[data-needs-node="' + Number(node.id) + '"]').forEach((button) => {
+      button.disabled = Boolean(reason);
+      if (reason) button.title = reason; else button.removeAttribute("title");
+    });
+    document.querySelectorAll('[data-unreachable="' + Number(node.id) + '"]').forEach((el) => { el.textContent = reason; });
+    if (document.querySelector("[data-version-nodes]")) redrawNodesSoon(100);
+  });
   function paint(el, item) {
     const was = el.getAttribute("data-state");
     el.setAttribute("data-state", item.state);

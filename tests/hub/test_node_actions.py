@@ -40,7 +40,7 @@ def test_unreachable_node_page_disables_and_refuses(client: Client, bob, version
     for label in ("Deploy here", "Activate", "Remove"):
         button = _button(page, label)
         assert "disabled" in button and reason in button
-    assert f'<span class="reason" data-unreachable>gpu-01 {reason}' in page
+    assert f'<span class="reason" data-unreachable="{node.pk}">gpu-01 {reason}' in page
     response = client.post(reverse("hub-deploy"), {"node": node.pk, "version": version.pk,
                                                    "next": reverse("node-detail", args=[node.pk])}, follow=True)
     text = response.content.decode()
@@ -58,7 +58,7 @@ def test_reachable_node_page_enables_actions(client: Client, bob, version, make_
     page = client.get(reverse("node-detail", args=[node.pk])).content.decode()
     for label in ("Deploy here", "Activate", "Remove"):
         assert "disabled" not in _button(page, label)
-    assert "data-unreachable" not in page
+    assert f'<span class="reason" data-unreachable="{node.pk}"></span>' in page
     assert 'data-confirm="Remove acme/tiny@' in page  # destructive: the styled dialog asks first
 
 

@@ -217,6 +217,17 @@ def test_version_nodes_box_follows_a_deploy_and_delete_asks_in_a_dialog(stack: S
             page.click(f"{dialog} [data-confirm-ok]")
             page.wait_for_selector(".message-error", timeout=WAIT)
             assert "is active on gpu-deploy" in page.text_content(".message-error")
+
+            # On the node's page, Deploy here turns disabled, with the reason, once its agent goes away.
+            page.goto(f"{base}/nodes/{node['node_id']}/")
+            page.wait_for_selector("#live-indicator[data-state=live]", timeout=60000)
+            deploy_here = "button:text('Deploy here')"
+            assert page.is_enabled(deploy_here)
+            asyncio.run_coroutine_threadsafe(ws.close(), agent_loop).result(10)
+            page.wait_for_selector(f"{deploy_here}[disabled]", timeout=WAIT)
+            assert "gpu-deploy is offline" in page.get_attribute(deploy_here, "title")
+            assert "must reconnect first" in page.text_content("[data-unreachable]")
+            shot(page, "node-deploy-disabled-offline")
         finally:
             browser.close()
     asyncio.run_coroutine_threadsafe(ws.close(), agent_loop).result(10)
