@@ -2,7 +2,8 @@
 
 A fixed number of queries whatever the row count: the nodes (with GPU count and memory annotated), their
 present GPUs and their active model versions, each in one query; current utilization and temperature come
-from the telemetry store, never per row.
+from the telemetry store, never per row. Sorting by a database column pages in the database (only one page
+of GPUs and models is loaded); sorting by load, temperature or model loads every matching node.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.core.paginator import Page
+from django.db.models import F, Prefetch, QuerySet
+from django.http import HttpRequest
 
 from fleet.hub.models import InstallState, NodeInstall
 from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.inventory.queries import with_gpu_counts
+from fleet.lib.http import paginate
 from fleet.telemetry.exporter import stale_after
 from fleet.telemetry.store import get_store
 
@@ -63,20 +67,26 @@ def parse_sort(raw: str | None) -> tuple[str, bool]:
     return key, descending
 
 
+# Columns the database can order by: the list pages there and loads GPUs, models and load for one page only.
+DB_ORDER = {"name": "name", "kind": "kind", "gpus": "gpu_count", "memory": "gpu_memory",
+            "agent": "agent_version", "last_seen": "last_seen"}
+
+
+def node_page(request: HttpRequest, queryset: QuerySet[Node], sort: str, descending: bool, per_page: int) -> Page:
+    """One page of ``queryset`` sorted by ``sort``, its rows carrying the list's columns. Columns the database
+    cannot order by (load, temperature, models, status order) are sorted here over all matching nodes."""
+    if sort in DB_ORDER:
+        field = F(DB_ORDER[sort])
+        order = field.desc(nulls_last=True) if descending else field.asc(nulls_last=True)
+        page = paginate(request, _with_columns(queryset).order_by(order, "name"), per_page)
+        page.object_list = _attached(list(page.object_list))
+        return page
+    return paginate(request, node_rows(queryset, sort, descending), per_page)
+
+
 def node_rows(queryset: QuerySet[Node], sort: str = DEFAULT_SORT, descending: bool = False) -> list[Node]:
-    """The nodes of ``queryset`` with the list's columns attached, sorted (unknown values last)."""
-    nodes = list(
-        with_gpu_counts(queryset).prefetch_related(
-            Prefetch("gpus", queryset=Gpu.objects.filter(state=GpuState.PRESENT).order_by("index"),
-                     to_attr="present_gpus"),
-            Prefetch("hub_installs", to_attr="active_installs",
-                     queryset=NodeInstall.objects.filter(state=InstallState.ACTIVE)
-                     .select_related("version").order_by("repo")),
-        )
-    )
-    latest = _latest_frames(nodes)
-    for node in nodes:
-        _attach(node, latest.get(node.pk))
+    """All nodes of ``queryset`` with the list's columns attached, sorted (unknown values last)."""
+    nodes = _attached(list(_with_columns(queryset)))
     column = BY_KEY.get(sort) or BY_KEY[DEFAULT_SORT]
     known = [n for n in nodes if column.sort(n) is not None]
     unknown = [n for n in nodes if column.sort(n) is None]
@@ -85,14 +95,31 @@ def node_rows(queryset: QuerySet[Node], sort: str = DEFAULT_SORT, descending: bo
     return known + unknown
 
 
+def _with_columns(queryset: QuerySet[Node]) -> QuerySet[Node]:
+    return with_gpu_counts(queryset).prefetch_related(
+        Prefetch("gpus", queryset=Gpu.objects.filter(state=GpuState.PRESENT).order_by("index"),
+                 to_attr="present_gpus"),
+        Prefetch("hub_installs", to_attr="active_installs",
+                 queryset=NodeInstall.objects.filter(state=InstallState.ACTIVE)
+                 .select_related("version").order_by("repo")),
+    )
+
+
+def _attached(nodes: list[Node]) -> list[Node]:
+    latest = _latest_frames(nodes)
+    for node in nodes:
+        _attach(node, latest.get(node.pk))
+    return nodes
+
+
 def _latest_frames(nodes: list[Node]) -> dict[int, dict[str, Any]]:
     """The current frame of each online node that reported recently (stale frames are not current load)."""
-    if not any(node.status == NodeStatus.ONLINE for node in nodes):
+    online = [node.pk for node in nodes if node.status == NodeStatus.ONLINE]
+    if not online:
         return {}
     cutoff = time.time() - stale_after()
-    online = {node.pk for node in nodes if node.status == NodeStatus.ONLINE}
-    return {node_id: frame for node_id, frame in get_store().latest_all().items()
-            if node_id in online and frame.get("ts", 0) >= cutoff}
+    return {node_id: frame for node_id, frame in get_store().latest_of(online).items()
+            if frame.get("ts", 0) >= cutoff}
 
 
 def _attach(node: Node, frame: dict[str, Any] | None) -> None:

@@ -161,3 +161,28 @@ def test_query_count_does_not_grow_with_rows(client: Client, charlie, version, s
     assert "60 °C" in response.content.decode() and "acme/chat-7b" in response.content.decode()
     with django_assert_max_num_queries(len(small)):
         client.get(reverse("node-list"), {"sort": sort, "partial": "rows", "label": "zone=z"})
+
+
+@pytest.mark.services
+def test_redis_store_reads_one_page_of_frames(services) -> None:
+    """The production store answers the node list's read (latest_of) from the shared copy."""
+    import asyncio
+    import uuid
+
+    from fleet.telemetry.store import RedisStore
+
+    store = RedisStore(services["redis"], f"test-{uuid.uuid4().hex[:8]}")
+    live_telemetry.ingest(7, Metrics.model_validate(metrics_frame(time.time(), [gpu(0, utilization_gpu=33.0)])))
+    live_telemetry.ingest(8, Metrics.model_validate(metrics_frame(time.time(), [gpu(0)])))
+
+    async def push() -> None:
+        await store.push(live_telemetry)
+        await store.aio.aclose()
+
+    asyncio.run(push())
+    try:
+        frames = store.latest_of([7, 99])
+        assert list(frames) == [7] and frames[7]["gpus"][0]["utilization_gpu"] == 33.0
+        assert store.latest_of([]) == {}
+    finally:
+        store.sync.delete(*store.sync.keys(store.prefix + ":*"))

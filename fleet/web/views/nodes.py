@@ -11,7 +11,6 @@ from fleet.hub.models import ModelVersion
 from fleet.hub.node_models import node_models_context
 from fleet.inventory.models import Node, NodeCredential, NodeRuntime
 from fleet.inventory.queries import node_payload, with_gpu_counts
-from fleet.lib.http import paginate
 from fleet.lib.ids import parse_id_list
 from fleet.rollouts import overview as rollout_overview
 from fleet.telemetry.models import Alert
@@ -29,15 +28,13 @@ def node_list(request: HttpRequest) -> HttpResponse:
     form = NodeFilterForm(request.GET)
     sort, descending = node_table.parse_sort(request.GET.get("sort"))
     filter_ok = form.is_valid()
-    rows: list[Node] = []
-    if filter_ok:
-        rows = node_table.node_rows(form.apply(Node.objects.all()), sort, descending)
-    elif request.GET.get("partial") != "rows":
+    nodes = form.apply(Node.objects.all()) if filter_ok else Node.objects.none()
+    page = node_table.node_page(request, nodes, sort, descending, NODES_PER_PAGE)
+    if not filter_ok and request.GET.get("partial") != "rows":
         # A wrong filter shows no rows rather than an unfiltered list the user would misread.
         for field, errors in form.errors.items():
             for error in errors:
                 messages.error(request, error if field == "label" else f"{field}: {error}")
-    page = paginate(request, rows, NODES_PER_PAGE)
     context = {"form": form, "page": page, "filter_ok": filter_ok, "live_topics": "fleet",
                "columns": _headers(request, sort, descending), "column_count": len(node_table.COLUMNS)}
     if request.GET.get("partial") == "rows":
