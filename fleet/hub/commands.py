@@ -142,6 +142,9 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
     except NodeCommand.DoesNotExist:
         return None
     final = state in _final_states(command)
+    if final and command.finished_at is not None and command.state == state:
+        return command  # a result resent after a reconnect: recorded once (a replayed "active" must not
+        # flip the node's installs back after it moved on)
     now = time.monotonic()
     if not final and state == command.state and now - _last_progress.get(command.command_id, 0) < PROGRESS_WRITE_EVERY:
         return command  # a progress tick: at most one write per second per command
@@ -149,7 +152,8 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
     if final:
         _last_progress.pop(command.command_id, None)
     error = (event.error or "")[:500] if state == CommandState.FAILED else ""
-    fields: dict[str, Any] = {"state": state, "error": error}
+    # updated_at by hand (.update() skips auto_now): the rollout driver tells fresh download progress by it
+    fields: dict[str, Any] = {"state": state, "error": error, "updated_at": timezone.now()}
     if event.bytes_done is not None:
         fields["bytes_done"] = event.bytes_done
     if event.bytes_total:
