@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean bench-telemetry bench-chat bench-hub
+.PHONY: demo test lint install clean bench-telemetry bench-chat bench-hub bench-rollout
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Fleet needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -44,8 +44,12 @@ clean:
 bench-telemetry: $(TEST_STAMP)
 	$(BIN)/python bench/telemetry.py --search
 
-bench-chat: $(STAMP)
+bench-chat: $(TEST_STAMP)
 	$(BIN)/python bench/chat.py
+
+# One rollout over 1,000 simulated nodes: control-plane ms per node, queries per transition (last line: JSON).
+bench-rollout: $(TEST_STAMP)
+	$(BIN)/python bench/rollout.py --nodes 1000
 
 # The node's pull of a 1 GiB file by 1 and 4 agents ÷ curl's rate for the same blob (last line: JSON).
 bench-hub: $(TEST_STAMP)

@@ -168,6 +168,8 @@ class AgentSession(MetricsSender):
         self.deployer = Deployer(agent_home(home), creds.secret, creds.server)
         self.buffer = MetricsBuffer()
         self.streaming = 0  # metrics tasks sending now (a replaced one may still be unwinding); 0: buffer
+        self.stream_changed = asyncio.Event()  # set when that count changes
+        self.sampled_at: float | None = None  # loop time of the last sample, sent or buffered
         self.metrics_interval = DEFAULT_METRICS_INTERVAL
         self.batch_seq = 0
         self.awaiting_ack: tuple[MetricsBatch, asyncio.Future] | None = None  # the catch-up batch in flight

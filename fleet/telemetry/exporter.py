@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -47,6 +47,15 @@ DCGM_FIELDS: list[tuple[str, str, str, float]] = [
 ]
 
 
+# Series of the layers above telemetry (rollouts), registered by their apps: callables yielding families.
+EXTRA_FAMILIES: list[Callable[[], Iterable[Metric]]] = []
+
+
+def add_families(source: Callable[[], Iterable[Metric]]) -> None:
+    if source not in EXTRA_FAMILIES:
+        EXTRA_FAMILIES.append(source)
+
+
 def stale_after() -> float:
     """Latest values older than this are not exported (the node stopped reporting)."""
     return max(30.0, 2 * settings.FLEET_OFFLINE_AFTER)
@@ -63,7 +72,8 @@ class FleetCollector:
         store = get_store()
         counters = store.counters()
         nodes = {n["id"]: n for n in Node.objects.values("id", "name", "hostname", "status", "last_seen")}
-        families: Iterator[Metric] = itertools.chain(self._fleet(nodes, counters), gateway_stats.families())
+        families: Iterator[Metric] = itertools.chain(self._fleet(nodes, counters), gateway_stats.families(),
+                                                     *(source() for source in EXTRA_FAMILIES))
         if not self.names or any(name.startswith("DCGM_") for name in self.names):
             latest = store.latest_all()
             models = {(g["node_id"], g["uuid"]): g["name"] for g in Gpu.objects.values("node_id", "uuid", "name")}
