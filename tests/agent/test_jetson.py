@@ -11,10 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from fleet.agent.collectors import jetson as jetson_module
 from fleet.agent.collectors.jetson import (
     JETSON_FIELDS,
     Board,
     JetsonCollector,
+    JtopSource,
     TegrastatsSource,
     cuda_version,
     fan_percent,
@@ -241,3 +243,24 @@ def test_reader_reports_a_missing_binary(tmp_path):
     (gpu,), note = collector.inventory()
     assert gpu.name == "NVIDIA Jetson Nano" and "cannot run" in note
     assert collector.sample() == []
+
+
+def test_jtop_that_cannot_start_falls_back_to_tegrastats(tmp_path, monkeypatch):
+    class DeadJtop:
+        def start(self):
+            raise ConnectionRefusedError("jtop.service is not running")
+
+        def close(self):
+            pass
+
+    script = fake_tegrastats(tmp_path, [AGX_ORIN_JP5])
+    monkeypatch.setattr(jetson_module, "tegrastats_path", lambda: script)
+    monkeypatch.setattr(jetson_module, "TegrastatsSource",
+                        lambda: TegrastatsSource(TegrastatsReader(command=[script])))
+    collector = JetsonCollector(source=JtopSource(factory=DeadJtop), board=Board(model="NVIDIA Jetson AGX Orin"))
+    try:
+        (gpu,), note = collector.inventory()
+        assert note is None and isinstance(collector.source, TegrastatsSource)
+        assert gpu.memory_total_bytes == 30536 * MIB and collector.sample()[0].sm_clock_mhz == 305
+    finally:
+        collector.close()

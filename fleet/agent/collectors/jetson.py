@@ -215,9 +215,19 @@ class JetsonCollector:
         self._energy_j: float | None = None
         self._energy_at: float | None = None
 
+    def _reading(self, wait: float = 0.0) -> TegraReading | None:
+        reading = self.source.reading(wait=wait)
+        if reading is None and isinstance(self.source, JtopSource) and tegrastats_path():
+            # jtop installed but its service not answering: tegrastats reads the same counters.
+            log.warning("%s; reading tegrastats instead", self.source.error)
+            self.source.close()
+            self.source = TegrastatsSource()
+            reading = self.source.reading(wait=wait)
+        return reading
+
     def inventory(self) -> tuple[list[GpuInfo], str | None]:
         with self._lock:
-            reading = self.source.reading(wait=self.first_wait)
+            reading = self._reading(wait=self.first_wait)
         note = None
         if reading is None:
             note = f"Jetson GPU found but {self.source.name} gave no reading yet" + (
@@ -230,7 +240,7 @@ class JetsonCollector:
 
     def sample(self, now: float | None = None) -> list[GpuSample]:
         with self._lock:
-            reading = self.source.reading()
+            reading = self._reading()
             if reading is None:
                 return []
             return [self.sample_from(reading, time.monotonic() if now is None else now)]
