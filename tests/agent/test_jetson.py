@@ -264,3 +264,13 @@ def test_jtop_that_cannot_start_falls_back_to_tegrastats(tmp_path, monkeypatch):
         assert gpu.memory_total_bytes == 30536 * MIB and collector.sample()[0].sm_clock_mhz == 305
     finally:
         collector.close()
+
+
+def test_a_stale_line_is_not_current(tmp_path):
+    reader = TegrastatsReader(command=[fake_tegrastats(tmp_path, [NANO_JP4])], stale_after=0.3, interval_ms=100)
+    try:
+        assert reader.wait_first(10) == NANO_JP4
+        time.sleep(0.5)  # the fake prints once, then stalls
+        assert reader.latest() is None
+    finally:
+        reader.close()

@@ -102,14 +102,16 @@ def parse_tegrastats(line: str) -> TegraReading:
 class TegrastatsReader:
     """``tegrastats --interval MS`` as one long-lived process; a thread keeps its latest line.
 
-    Started on first use. If it exits, it is restarted at most every ``restart_after`` seconds.
+    Started on first use. If it exits, it is restarted at most every ``restart_after`` seconds; a line
+    older than ``stale_after`` seconds (a stalled or dead process) is not reported as current.
     """
 
     def __init__(self, command: list[str] | None = None, interval_ms: int = 1000,
-                 restart_after: float = 30.0) -> None:
+                 restart_after: float = 30.0, stale_after: float = 10.0) -> None:
         binary = shutil.which("tegrastats") or "/usr/bin/tegrastats"
         self.command = command or [binary, "--interval", str(interval_ms)]
         self.restart_after = restart_after
+        self.stale_after = max(stale_after, 3 * interval_ms / 1000)
         self._lock = threading.Lock()
         self._latest: str | None = None
         self._latest_at = 0.0
@@ -146,6 +148,8 @@ class TegrastatsReader:
         if not alive and (not self._started_at or time.monotonic() - self._started_at >= self.restart_after):
             self._start()
         with self._lock:
+            if self._latest is not None and time.monotonic() - self._latest_at > self.stale_after:
+                return None
             return self._latest
 
     def wait_first(self, timeout: float) -> str | None:
