@@ -361,6 +361,6 @@ async def test_cli_run_process_stops_cleanly_on_sigterm(tmp_path):
         await asyncio.sleep(0.05)
     log = err.decode()
     assert proc.returncode == 0, log
-    assert "no NVIDIA GPUs: simulated profile cpu-only has no GPUs" in log
+    assert "no GPUs: simulated profile cpu-only has no GPUs" in log
     assert closes == [1000]
     assert read_status(tmp_path)["connected"] is False
