@@ -144,6 +144,9 @@ try:
     FLEET_GPU_TEMP_ALERT_C = env_float("FLEET_GPU_TEMP_ALERT_C", 85.0, minimum=30, maximum=150)
     FLEET_AGENT_MAX_FRAMES_PER_SECOND = env_float("FLEET_AGENT_MAX_FRAMES_PER_SECOND", 200.0, minimum=1)
     FLEET_MAX_METRICS_FRAME_BYTES = env_int("FLEET_MAX_METRICS_FRAME_BYTES", 256 * 1024, minimum=1024)
+    # Site caches (fleet-agent --site-cache): how long the token a node presents to its site's cache lasts;
+    # renewed at each welcome, so a node cut off from the server keeps pulling from its cache that long.
+    FLEET_SITE_TOKEN_TTL = env_float("FLEET_SITE_TOKEN_TTL", 24 * 3600.0, minimum=60, maximum=30 * 86400)
     FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
     # The /v1 gateway (fleet/playground/gateway.py): requests per minute per API key, per server process.
     FLEET_GATEWAY_REQUESTS_PER_MINUTE = env_float("FLEET_GATEWAY_REQUESTS_PER_MINUTE", 600.0, minimum=1)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from fleet.agent.enroll import EnrollError, enroll, rotate, validate_server_url
 from fleet.agent.modelstore import DeployConfig, ModelStore
 from fleet.agent.runtimes import CHOICES, choose_adapter, default_runtime
 from fleet.agent.runtimes.process import RuntimeSettings
+from fleet.agent.sitecache import SiteCache, parse_listen, serve
 from fleet.agent.state import (
     Credentials,
     StateError,
@@ -54,6 +56,13 @@ def parse_label(text: str) -> tuple[str, str]:
 def server_url(text: str) -> str:
     try:
         return validate_server_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -94,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=CHOICES, default=None,
                    help="what serves the active models: builtin (transformers), vllm, llamacpp or none "
                         "(default: builtin when torch and transformers are installed, else none)")
+    p.add_argument("--site-cache", metavar="[HOST]:PORT", type=listen_arg,
+                   help="serve the server's model mirror to the nodes of this node's site (label site=...) "
+                        "on this address; one node per site")
+    p.add_argument("--site-cache-url", metavar="URL", type=server_url,
+                   help="the address the site's nodes dial for the cache (default: http://<hostname>:PORT)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
     sub.add_parser("status", parents=[common], help="show enrollment and connection state")
@@ -224,7 +238,25 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
         elif note:
             log.warning("%s", note)
         args.collector_report = selection.report()
-        return asyncio.run(_run(creds, collector, args, home))
+        cache = None
+        if args.site_cache:
+            if not dict(args.labels).get("site"):
+                log.warning("--site-cache: this node has no site=... label here; the server uses the label it "
+                            "has stored for the node")
+            host, port = args.site_cache
+            try:
+                cache = serve(SiteCache(home / "site-cache", creds.secret), host, port)
+            except OSError as exc:
+                log.error("--site-cache: cannot listen on %s:%d: %s", host, port, exc)
+                return 2
+            url = args.site_cache_url or f"http://{host if host not in ('0.0.0.0', '::') else socket.getfqdn()}:{port}"
+            args.site_cache = (cache.RequestHandlerClass.cache, url)
+        try:
+            return asyncio.run(_run(creds, collector, args, home))
+        finally:
+            if cache is not None:
+                cache.shutdown()
+                cache.server_close()
     finally:
         collector.close()
 
@@ -238,7 +270,8 @@ async def _run(creds: Credentials, collector: Collector, args: argparse.Namespac
         log.info("fleet-agent %s connecting to %s as node %s", AGENT_VERSION, creds.server, creds.node_name)
         code = await run_agent(creds, collector, labels=dict(args.labels), kind=args.kind, home=home,
                                stop_event=stop, runtime=args.runtime,
-                               collector_report=getattr(args, "collector_report", None))
+                               collector_report=getattr(args, "collector_report", None),
+                               site_cache=args.site_cache or None)
         if code != EXIT_REFUSED or stop.is_set():
             return code
         fresh = await _rotated_credentials(home, creds, stop)

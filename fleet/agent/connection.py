@@ -46,12 +46,15 @@ from fleet.agent.protocol import (
     Pong,
     Remove,
     Rollback,
+    Site,
+    SiteCacheAdvert,
     Welcome,
     dump,
     parse_server_frame,
 )
 from fleet.agent.runtimes import NONE, available_runtimes, choose_adapter
 from fleet.agent.runtimes.supervisor import Supervisor
+from fleet.agent.sitecache import SiteCache, cache_report
 from fleet.agent.state import Credentials, agent_home, now_iso, write_status
 
 log = logging.getLogger("fleet.agent")
@@ -92,6 +95,7 @@ CLOSE_TIMEOUT = 10.0
 STABLE_AFTER = 5.0
 CLOSE_TRY_AGAIN_LATER = 1013
 DEFAULT_METRICS_INTERVAL = 1.0  # until a welcome says otherwise
+CACHE_REPORT_EVERY = 5.0
 
 COMMAND_FRAMES = (Deploy, Activate, Rollback, Remove, HealthCheck)
 MODEL_COMMANDS = (Deploy, Activate, Rollback, Remove)  # handled by the deployer
@@ -146,8 +150,10 @@ class AgentSession(MetricsSender):
         reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
         runtime: str = NONE,
         collector_report: dict[str, Any] | None = None,
+        site_cache: tuple[SiteCache, str] | None = None,
     ) -> None:
         self.creds = creds
+        self.site_cache, self.site_cache_url = site_cache or (None, "")  # this node serves its site
         self.stop_event = stop_event
         self.serving = False
         self.collector = collector
@@ -223,6 +229,7 @@ class AgentSession(MetricsSender):
             installed=self.deployer.installed(),
             active=self.deployer.active(),
             in_flight=self.deployer.in_flight(),
+            site_cache=SiteCacheAdvert(url=self.site_cache_url) if self.site_cache else None,
         )
 
     # ---- frames we receive ------------------------------------------------------------------------
@@ -237,10 +244,20 @@ class AgentSession(MetricsSender):
             async def send_event(event: CommandEvent) -> None:
                 await ws.send(dump(event))
 
-            self.deployer.attach(send_event, frame.mirror_url)
+            self.deployer.attach(send_event, frame.mirror_url, frame.site_cache)
+            if self.site_cache is not None:
+                self.site_cache.mirror = (frame.mirror_url or f"{self.creds.server}/hf").rstrip("/")
+                self.site_cache.key = (frame.site_cache.key if frame.site_cache else None) or self.site_cache.key
+                if "cache" not in tasks:
+                    tasks["cache"] = asyncio.create_task(self.report_cache(ws))
             if "metrics" in tasks:
                 tasks.pop("metrics").cancel()
             tasks["metrics"] = asyncio.create_task(self.send_metrics(ws, frame.metrics_interval))
+        elif isinstance(frame, Site):
+            log.info("site cache: %s", frame.site_cache.url if frame.site_cache and frame.site_cache.url else "none")
+            self.deployer.site = frame.site_cache
+            if self.site_cache is not None and frame.site_cache and frame.site_cache.key:
+                self.site_cache.key = frame.site_cache.key
         elif isinstance(frame, Ping):
             await ws.send(dump(Pong(type="pong", nonce=frame.nonce)))
         elif isinstance(frame, Control):
@@ -262,6 +279,13 @@ class AgentSession(MetricsSender):
             log.warning("%s command %s is not supported by this agent version", frame.type, frame.command_id)
             event = CommandEvent(type="event", command_id=frame.command_id, state="failed", error=UNSUPPORTED)
             await ws.send(dump(event))
+
+    async def report_cache(self, ws: ClientConnection) -> None:
+        """The site cache's disk use and hit counts, every CACHE_REPORT_EVERY seconds (one small frame)."""
+        while True:
+            report = await asyncio.to_thread(cache_report, self.site_cache)
+            await ws.send(dump(report))
+            await asyncio.sleep(CACHE_REPORT_EVERY)
 
     async def close_on_stop(self, ws: ClientConnection) -> None:
         await self.stop_event.wait()
@@ -379,16 +403,20 @@ async def run_agent(
     reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
     runtime: str = NONE,
     collector_report: dict[str, Any] | None = None,
+    site_cache: tuple[SiteCache, str] | None = None,
 ) -> int:
     """Stay connected to the server until ``stop_event`` is set or the server says stop.
 
     Returns 0 after a stop, 3 when the credential is refused (4401 or HTTP 401/403), 4 when another
     agent took over this node (4409), 1 for a fatal connection error. ``runtime`` names the adapter that
-    serves the active model versions (``none``: no runtime); the runtimes stop with the agent.
+    serves the active model versions (``none``: no runtime); the runtimes stop with the agent, not with a
+    connection (a node cut off from the server keeps serving). ``site_cache``: (the running cache, the URL
+    its neighbours dial), when this node serves its site.
     """
     stop_event = stop_event or asyncio.Event()
     session = AgentSession(creds, collector, labels=labels, kind=kind, home=home, stop_event=stop_event,
-                           reconnect_delays=reconnect_delays, runtime=runtime, collector_report=collector_report)
+                           reconnect_delays=reconnect_delays, runtime=runtime, collector_report=collector_report,
+                           site_cache=site_cache)
     session.set_status(connected=False)
     session.runtimes.start()
     runner = asyncio.create_task(session.connect_loop())

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from fleet.agent.modelstore import TERMINAL, DeployConfig, ModelStore, etag_of
-from fleet.agent.protocol import MAX_RATE, Activate, CommandEvent, Deploy, ModelRef, Remove, Rollback
+from fleet.agent.protocol import (
+    MAX_RATE,
+    Activate,
+    CommandEvent,
+    Deploy,
+    ModelRef,
+    Remove,
+    Rollback,
+    SiteCacheOffer,
+)
 from fleet.agent.pull import Puller, PullError, PullRun, file_specs
 from fleet.lib.units import format_bytes
 
@@ -89,6 +98,7 @@ class Deployer:
         self.secret = secret
         self.server = server.rstrip("/")
         self.mirror_url = ""
+        self.site: SiteCacheOffer | None = None  # the site cache the server named in welcome, if any
         self.config = config or DeployConfig.from_env()
         self.send: Send | None = None
         self.tasks: dict[str, asyncio.Task] = {}
@@ -115,10 +125,20 @@ class Deployer:
 
     # ---- connection ----------------------------------------------------------------------------------
 
-    def attach(self, send: Send, mirror_url: str) -> None:
+    def attach(self, send: Send, mirror_url: str, site: SiteCacheOffer | None = None) -> None:
         self.send = send
         self.mirror_url = mirror_url.rstrip("/") if mirror_url else f"{self.server}/hf"
+        self.site = site
         self.resume()
+
+    def routes(self) -> list[tuple[str, str, bool]]:
+        """(mirror URL, token, via the site cache?) to try in order: the site cache, then the server.
+        Kept while the socket is down: a node cut off from the server still reaches its site's cache."""
+        server = (self.mirror_url or f"{self.server}/hf", self.secret, False)
+        site = self.site
+        if site is not None and site.url and site.token:
+            return [(site.url.rstrip("/") + "/hf", site.token, True), server]
+        return [server]
 
     def detach(self) -> None:
         self.send = None
@@ -251,6 +271,25 @@ class Deployer:
             await self.emit(command_id, "staged", done=total, total=total, rate=rate)
 
     def _download(self, repo: str, sha: str, rest: list[dict[str, Any]], pull: PullRun) -> None:
+        """Through the site cache when the server named one, from the server when it fails (written ranges
+        and finished files stay: the server sends only what the cache had not)."""
+        from huggingface_hub import hf_hub_url
+
+        routes = self.routes()
+        for mirror, token, via_cache in routes:
+            pull.retarget(lambda path, m=mirror: hf_hub_url(repo, path, revision=sha, endpoint=m), token, via_cache)
+            if not via_cache:
+                return self._download_from(repo, sha, rest, pull, mirror, token)
+            try:
+                self._download_from(repo, sha, rest, pull, mirror, token)
+                log.info("pulled %s@%s through the site cache %s", repo, sha[:12], mirror)
+                return
+            except Exception as exc:  # any failure of the cache: the server is the fallback
+                log.warning("site cache %s failed for %s@%s (%s); pulling the rest from the server", mirror,
+                            repo, sha[:12], str(exc)[:300])
+
+    def _download_from(self, repo: str, sha: str, rest: list[dict[str, Any]], pull: PullRun, mirror: str,
+                       token: str) -> None:
         """The small files through snapshot_download while the big ones take the fast path, both at once."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -263,8 +302,8 @@ class Deployer:
         while True:
             try:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-hf") as pool:
-                    small = pool.submit(snapshot_download, repo, revision=sha, endpoint=self.mirror_url,
-                                        token=self.secret, cache_dir=self.store.cache, etag_timeout=30,
+                    small = pool.submit(snapshot_download, repo, revision=sha, endpoint=mirror,
+                                        token=token, cache_dir=self.store.cache, etag_timeout=30,
                                         allow_patterns=patterns) if patterns else None
                     try:
                         pull.run()

@@ -172,6 +172,22 @@ def _distinct(gpus: list[Any]) -> list[Any]:
     return gpus
 
 
+class SiteCacheAdvert(_Model):
+    """In ``hello``: this agent serves the mirror to its site's nodes (``fleet-agent run --site-cache``)."""
+
+    url: Annotated[str, Field(max_length=200, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]  # what neighbours dial
+
+
+class SiteCacheOffer(_Model):
+    """In ``welcome``: the site's cache. Nodes pull from ``url`` presenting ``token``; the cache node itself
+    also gets ``key``, which verifies its neighbours' tokens (fleet.lib.sitetoken)."""
+
+    site: Text(63, min_length=1)
+    url: Annotated[str, Field(max_length=200, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] | None = None
+    token: Annotated[str, Field(max_length=200, pattern=r"^fst1\.[0-9]+\.[0-9]+\.[0-9a-f]{64}$")] | None = None
+    key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
 # ---- agent → server -------------------------------------------------------------------------------
 
 
@@ -186,6 +202,7 @@ class Hello(_Frame):
     active: Annotated[list[ModelRef], Field(max_length=16)] = []
     in_flight: Annotated[list[ShortStr], Field(max_length=256)] = []
     serving: Annotated[list[RuntimeStatus], Field(max_length=16)] = []  # one per active version
+    site_cache: SiteCacheAdvert | None = None
 
     @field_validator("gpus")
     @classmethod
@@ -220,6 +237,7 @@ class MetricsBatch(_Frame):
     type: Literal["metrics.batch"]
     sent: Timestamp
     seq: Count = 0  # the server acknowledges each batch it took (``ack``); only then are points dropped
+    dropped: NonNegInt = 0  # points the agent's bounded buffer lost (oldest first) since its last report
     points: Annotated[list[MetricsPoint], Field(min_length=1, max_length=600)]
 
 
@@ -265,8 +283,23 @@ class Pong(_Frame):
     nonce: ShortStr = ""
 
 
+class CacheReport(_Frame):
+    """From a site cache, every few seconds: what it holds and how much it saved the WAN."""
+
+    type: Literal["cache"]
+    disk_bytes: NonNegInt = 0
+    blobs: Count = 0
+    hits: NonNegInt = 0  # blob requests answered from disk
+    misses: NonNegInt = 0  # blob requests that waited on a fetch from the server
+    bytes_served: NonNegInt = 0  # to neighbours
+    bytes_upstream: NonNegInt = 0  # from the server
+    fetching: Count = 0
+    errors: NonNegInt = 0  # upstream fetches that failed (or failed verification)
+
+
 AgentFrame = Annotated[
-    Hello | Metrics | MetricsBatch | CommandEvent | RuntimeReport | ChatDelta | ChatDone | ChatError | Pong,
+    Hello | Metrics | MetricsBatch | CommandEvent | RuntimeReport | ChatDelta | ChatDone | ChatError | Pong
+    | CacheReport,
     Field(discriminator="type"),
 ]
 
@@ -282,6 +315,7 @@ class Welcome(_Frame):
     offline_after: Annotated[float, Field(gt=0)]
     mirror_url: Str = ""
     max_metrics_frame_bytes: Annotated[int, Field(gt=0)] | None = None  # catch-up batches must fit it
+    site_cache: SiteCacheOffer | None = None  # this node's site has a cache: pull from it
 
 
 class Deploy(_Frame):
@@ -351,6 +385,13 @@ class Ack(_Frame):
     seq: Count
 
 
+class Site(_Frame):
+    """The site's cache changed (one registered, or went away: ``site_cache`` None)."""
+
+    type: Literal["site"]
+    site_cache: SiteCacheOffer | None = None
+
+
 class Ping(_Frame):
     type: Literal["ping"]
     nonce: ShortStr = ""
@@ -363,7 +404,8 @@ class Error(_Frame):
 
 
 ServerFrame = Annotated[
-    Welcome | Deploy | Activate | Rollback | Remove | HealthCheck | Chat | ChatCancel | Control | Ack | Ping | Error,
+    Welcome | Deploy | Activate | Rollback | Remove | HealthCheck | Chat | ChatCancel | Control | Ack | Ping | Error
+    | Site,
     Field(discriminator="type"),
 ]
 

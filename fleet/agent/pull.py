@@ -32,10 +32,15 @@ SIDECAR = ".fleet-ranges"
 MAX_PASSES = 3  # full fetches of one file whose sha256 keeps failing before the deploy fails
 ATTEMPTS = 8  # tries of one range (connection errors, short bodies, 503) before the file fails
 HASH_BUFFER = 4 * MiB
+CACHE_GRACE = 100  # retries of one range waiting on the site cache's fetch (2 minutes each at most)
 
 
 class PullError(Exception):
     """A file could not be fetched; the message is for the operator."""
+
+
+class CacheDown(PullError):
+    """The site cache refused or dropped a connection: the deployer pulls from the server instead."""
 
 
 @dataclass
@@ -47,6 +52,8 @@ class FileSpec:
     size: int
     sha256: str
     final: Path
+    token: str | None = None  # None: the node's secret (the server); a site token for the site cache
+    via_cache: bool = False  # the site cache: a connection it refuses or drops fails the file at once
 
     @property
     def partial(self) -> Path:
@@ -158,6 +165,11 @@ class PullRun:
         """Paths whose blob this run fetched and proved (sha256) into place."""
         finals = {job.spec.final for job in self.jobs if job.verified}
         return {spec.path for spec in self.specs if spec.final in finals}
+
+    def retarget(self, url_of: Callable[[str], str], token: str | None, via_cache: bool) -> None:
+        """Fetch from another mirror (the site cache, or the server after it failed); written ranges stay."""
+        for spec in self.specs:
+            spec.url, spec.token, spec.via_cache = url_of(spec.path), token, via_cache
 
     def run(self) -> None:
         """Fetch and verify the files (skipping blobs already in place); raise PullError or the mirror's error."""
@@ -275,7 +287,7 @@ class PullRun:
         with job.source_lock:
             if job.source is not None and job.source is not stale:
                 return job.source
-            token = self.puller.token
+            token = self.puller.token if job.spec.token is None else job.spec.token
             auth = {"Authorization": f"Bearer {token}"} if token else {}
             response = self.client.get(job.spec.url, headers={**auth, "Range": "bytes=0-0"})
             if response.is_redirect and response.headers.get("Location"):
@@ -295,11 +307,13 @@ class PullRun:
         start, end = job.span(index)
         expected = f"bytes {start}-{end}/{job.spec.size}"
         source, problem = None, ""
-        for attempt in range(ATTEMPTS):
+        attempt = grace = 0  # grace: waits on the site cache's own fetch, which do not count as failures
+        while attempt < ATTEMPTS:
             if self.stop.is_set():
                 return False
             if attempt:
                 time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
+            attempt += 1
             try:
                 source = self._source(job, source if problem == "expired" else None)
                 url, headers = source
@@ -321,7 +335,15 @@ class PullRun:
                 if pos == end + 1:
                     return True
                 problem = f"the body ended at {pos - start} of {end - start + 1} bytes"
+                if job.spec.via_cache and pos > start and grace < CACHE_GRACE:
+                    attempt, grace = attempt - 1, grace + 1  # the cache stalled after progress: not a failure
+            except (httpx2.ConnectError, httpx2.RemoteProtocolError, httpx2.ReadError) as exc:
+                if job.spec.via_cache:
+                    raise CacheDown(f"{job.spec.path}: the site cache failed ({type(exc).__name__}: {exc})") from None
+                problem = f"{type(exc).__name__}: {exc}"
             except httpx2.TransportError as exc:
+                if job.spec.via_cache and isinstance(exc, httpx2.ReadTimeout) and grace < CACHE_GRACE:
+                    attempt, grace = attempt - 1, grace + 1  # waiting on the cache reaching this range
                 problem = f"{type(exc).__name__}: {exc}"
             job.inflight[index] = 0
             log.info("%s bytes %d-%d: %s; retrying", job.spec.path, start, end, problem)

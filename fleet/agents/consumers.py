@@ -18,7 +18,7 @@ from fleet.agent import protocol
 from fleet.agents import presence
 from fleet.agents.chat import CHAT_FRAMES, AgentChats
 from fleet.hub import commands as hub_commands
-from fleet.inventory import runtimes
+from fleet.inventory import runtimes, sites
 from fleet.lib.errors import FieldError
 from fleet.lib.ratelimit import TokenBucket
 from fleet.telemetry.ingest import AgentTelemetry
@@ -36,6 +36,8 @@ ERROR_BUDGET = 20  # invalid frames tolerated per minute before the agent counts
 HELLO_BURST = 3
 HELLO_EVERY = 10.0  # seconds per further hello
 RUNTIME_BURST = 10
+CACHE_REPORT_EVERY = 2.0  # seconds per site-cache report at most (a DB write each); the agent sends one per 5 s
+CACHE_REPORT_BURST = 3
 CHAT_FRAMES_PER_SECOND = 200  # per chat in flight, beyond the telemetry frame budget
 CHAT_FRAMES_BURST = 500  # per chat in flight: a runtime that answers faster than the agent coalesces
 
@@ -112,6 +114,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.telemetry = AgentTelemetry(self.node_id)
         self.hellos = TokenBucket(rate=1 / HELLO_EVERY, burst=HELLO_BURST)
         self.runtime_reports = TokenBucket(rate=1.0, burst=RUNTIME_BURST)
+        self.cache_reports = TokenBucket(rate=1 / CACHE_REPORT_EVERY, burst=CACHE_REPORT_BURST)
         self.chat_budget = TokenBucket(rate=CHAT_FRAMES_PER_SECOND, burst=CHAT_FRAMES_BURST)
         self.chats = AgentChats(self.channel_layer, self.channel_name, self.node_name, self._send_text)
         await self.accept()
@@ -203,6 +206,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 return
             await database_sync_to_async(runtimes.replace_runtimes)(self.node_id, frame.serving)
             await self._touch()
+        elif frame.type == "cache":
+            if self.cache_reports.allow():  # over the budget: dropped quietly, the next one carries the totals
+                await database_sync_to_async(sites.record_report)(self.node_id, frame)
+            await self._touch()
         else:
             await self._touch()
 
@@ -230,6 +237,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.last_seen_written = time.monotonic()
         first = not self.hello_done
         self.hello_done = True
+        offer = await database_sync_to_async(sites.offer_for)(self.node_id)
         await self._send(
             protocol.Welcome(
                 type="welcome",
@@ -240,6 +248,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 offline_after=settings.FLEET_OFFLINE_AFTER,
                 mirror_url=hub_commands.mirror_url(self.scope),
                 max_metrics_frame_bytes=settings.FLEET_MAX_METRICS_FRAME_BYTES,
+                site_cache=offer,
             )
         )
         await self._send_commands()  # unfinished model commands: the agent reports what it already reached
@@ -309,6 +318,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         frames = await database_sync_to_async(hub_commands.frames_to_send)(self.node_id, command_id, pending_only)
         for frame in frames:
             await self.send(text_data=protocol.dump(frame))
+
+    async def agent_site(self, event: dict) -> None:
+        """This node's site cache changed (registered, replaced or gone): tell the agent."""
+        if self.hello_done:
+            offer = await database_sync_to_async(sites.offer_for)(self.node_id)
+            await self.send(text_data=protocol.dump(protocol.Site(type="site", site_cache=offer)))
 
     async def agent_chat(self, event: dict) -> None:
         await self.chats.request(event, ready=self.hello_done)

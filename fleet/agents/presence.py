@@ -20,7 +20,7 @@ from django.utils import timezone
 from fleet import events
 from fleet.agent.protocol import Hello
 from fleet.hub import commands as hub_commands
-from fleet.inventory import runtimes, summary
+from fleet.inventory import runtimes, sites, summary
 from fleet.inventory.models import Gpu, GpuState, Node, NodeKind, NodeStatus
 from fleet.inventory.services import set_status
 from fleet.lib.errors import FieldError
@@ -57,12 +57,16 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
             node.labels = {**node.labels, **host.labels}
         node.last_seen = now
         node.save()
+        changed_site = sites.register(node, hello.site_cache)
         _upsert_gpus(node, hello, now)
         set_status(node.pk, NodeStatus.ONLINE, last_seen=now)
         hub_commands.record_inventory(node.pk, hello.installed, hello.active)
         runtimes.replace_runtimes(node.pk, hello.serving, now)
         # Facts and GPUs may have changed even when the status did not: open node pages redraw.
         events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
+        if changed_site:  # the site's nodes learn of their (new) cache without waiting for a reconnect
+            events.publish_many([(events.node_group(other), {"type": "agent.site"})
+                                 for other in sites.neighbours(changed_site) if other != node.pk])
     telemetry_records.node_online(node.pk)  # resolves a node-offline alert, if one is open
     return node
 

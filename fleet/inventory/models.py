@@ -173,3 +173,35 @@ class NodeRuntime(models.Model):
     @property
     def state_colour(self) -> str:
         return RuntimeState(self.state).colour
+
+
+class SiteCache(models.Model):
+    """The node that serves the model mirror to the other nodes of its site (label ``site``), as its agent
+    reported in ``hello`` (``--site-cache``), with the counters of its last ``cache`` frame."""
+
+    site = models.CharField(max_length=63, unique=True)
+    node = models.OneToOneField(Node, on_delete=models.CASCADE, related_name="site_cache")
+    url = models.CharField(max_length=200, help_text="What the site's nodes dial.")
+    disk_bytes = models.BigIntegerField(default=0)
+    blobs = models.PositiveIntegerField(default=0)
+    hits = models.BigIntegerField(default=0)
+    misses = models.BigIntegerField(default=0)
+    bytes_served = models.BigIntegerField(default=0)
+    bytes_upstream = models.BigIntegerField(default=0)
+    fetching = models.PositiveIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    registered_at = models.DateTimeField(default=timezone.now)
+    reported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["site"]
+
+    def __str__(self) -> str:
+        return f"site cache of {self.site} on node {self.node_id}"
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """Share of the bytes served to neighbours that did not cross the WAN (None before any)."""
+        if not self.bytes_served:
+            return None
+        return max(0.0, 1.0 - self.bytes_upstream / self.bytes_served)
