@@ -35,6 +35,8 @@ from fleet.lib.units import format_bytes
 
 log = logging.getLogger("fleet.agent.deployer")
 PROGRESS_EVERY = 1.0
+CACHE_PROBE_TIMEOUT = 2.0
+CACHE_RETRY_AFTER = 60.0  # seconds a failed site cache is skipped before deploys try it again
 BUSY_RETRY_FOR = 6 * 3600.0  # how long a deploy waits on "503 still fetching from upstream" before failing
 
 
@@ -99,6 +101,7 @@ class Deployer:
         self.server = server.rstrip("/")
         self.mirror_url = ""
         self.site: SiteCacheOffer | None = None  # the site cache the server named in welcome, if any
+        self.cache_down_until = 0.0  # after the cache failed, deploys go to the server until then
         self.config = config or DeployConfig.from_env()
         self.send: Send | None = None
         self.tasks: dict[str, asyncio.Task] = {}
@@ -136,9 +139,22 @@ class Deployer:
         Kept while the socket is down: a node cut off from the server still reaches its site's cache."""
         server = (self.mirror_url or f"{self.server}/hf", self.secret, False)
         site = self.site
-        if site is not None and site.url and site.token:
+        if site is not None and site.url and site.token and time.monotonic() >= self.cache_down_until:
             return [(site.url.rstrip("/") + "/hf", site.token, True), server]
         return [server]
+
+    def _cache_up(self, mirror: str) -> bool:
+        """A quick connect to the site cache: huggingface_hub would retry a refused connection for ~25 s."""
+        import socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(mirror)
+        try:
+            with socket.create_connection((parts.hostname, parts.port or 80), timeout=CACHE_PROBE_TIMEOUT):
+                return True
+        except OSError as exc:
+            log.warning("site cache %s is unreachable (%s); pulling from the server", mirror, exc)
+            return False
 
     def detach(self) -> None:
         self.send = None
@@ -280,11 +296,15 @@ class Deployer:
             pull.retarget(lambda path, m=mirror: hf_hub_url(repo, path, revision=sha, endpoint=m), token, via_cache)
             if not via_cache:
                 return self._download_from(repo, sha, rest, pull, mirror, token)
+            if not self._cache_up(mirror):
+                self.cache_down_until = time.monotonic() + CACHE_RETRY_AFTER
+                continue
             try:
                 self._download_from(repo, sha, rest, pull, mirror, token)
                 log.info("pulled %s@%s through the site cache %s", repo, sha[:12], mirror)
                 return
             except Exception as exc:  # any failure of the cache: the server is the fallback
+                self.cache_down_until = time.monotonic() + CACHE_RETRY_AFTER
                 log.warning("site cache %s failed for %s@%s (%s); pulling the rest from the server", mirror,
                             repo, sha[:12], str(exc)[:300])
 
