@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet.agent import AGENT_VERSION
+from fleet.agent.buffer import MetricsBuffer
 from fleet.agent.collectors import Collector, make_selection, select_collector
 from fleet.agent.collectors.faults import Fault, parse_fault
 from fleet.agent.collectors.simulated import PROFILES
@@ -211,6 +212,7 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
         return 1
     try:
         DeployConfig.from_env()  # FLEET_AGENT_KEEP_VERSIONS, FLEET_AGENT_DISK_MARGIN, FLEET_AGENT_PULL_*
+        MetricsBuffer.from_env()  # FLEET_AGENT_BUFFER_SECONDS, _POINTS, _BYTES
     except ValueError as exc:
         log.error("configuration error: %s", exc)
         return 2

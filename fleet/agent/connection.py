@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,6 +94,7 @@ MAX_SIZE = 16 * 1024 * 1024
 PING_INTERVAL = 20.0
 CLOSE_TIMEOUT = 10.0
 STABLE_AFTER = 5.0
+JITTER = 0.5
 CLOSE_TRY_AGAIN_LATER = 1013
 DEFAULT_METRICS_INTERVAL = 1.0  # until a welcome says otherwise
 CACHE_REPORT_EVERY = 5.0
@@ -112,21 +114,29 @@ def ws_url(server: str) -> str:
 
 
 def backoff_delays() -> Iterator[float]:
-    """websockets' backoff series, with its ``WEBSOCKETS_BACKOFF_*`` variables read now.
+    """websockets' backoff series, with its ``WEBSOCKETS_BACKOFF_*`` variables read now, and every delay
+    jittered (FLEET_AGENT_BACKOFF_JITTER, default 0.5: each delay is drawn from [d × (1 - 0.5), d]).
 
     The library reads them once at import; reading them per call lets a test or a wrapper set them
-    after import and still get the library's own algorithm.
+    after import and still get the library's own algorithm. The library randomises only its first delay
+    (0 to 5 s); after that every agent that lost the server at the same moment retries on the same
+    schedule, so a server back after an outage would meet them all within those first 5 s, again and
+    again. Jittering every delay spreads the returning fleet over the whole interval.
     """
 
     def setting(name: str, default: float) -> float:
         return float(os.environ.get(f"WEBSOCKETS_BACKOFF_{name}", default))
 
-    return websockets.client.backoff(
+    jitter = min(1.0, max(0.0, float(os.environ.get("FLEET_AGENT_BACKOFF_JITTER", JITTER))))
+    series = websockets.client.backoff(
         initial_delay=setting("INITIAL_DELAY", websockets.client.BACKOFF_INITIAL_DELAY),
         min_delay=setting("MIN_DELAY", websockets.client.BACKOFF_MIN_DELAY),
         max_delay=setting("MAX_DELAY", websockets.client.BACKOFF_MAX_DELAY),
         factor=setting("FACTOR", websockets.client.BACKOFF_FACTOR),
     )
+    yield next(series)  # already random
+    for delay in series:
+        yield delay * (1.0 - jitter * random.random())
 
 
 class _Fatal(Exception):
@@ -174,7 +184,7 @@ class AgentSession(MetricsSender):
         }
         self._sample_failed = False
         self.deployer = Deployer(agent_home(home), creds.secret, creds.server)
-        self.buffer = MetricsBuffer()
+        self.buffer = MetricsBuffer.from_env()
         self.streaming = 0  # metrics tasks sending now (a replaced one may still be unwinding); 0: buffer
         self.stream_changed = asyncio.Event()  # set when that count changes
         self.sampled_at: float | None = None  # loop time of the last sample, sent or buffered

@@ -128,7 +128,7 @@ class MetricsSender:
             log.warning("server refused catch-up batch %d (%s: %s); dropping its %d points",
                         batch.seq, outcome.code, outcome.detail, len(batch.points))
             self.buffer.dropped += len(batch.points)
-        self.buffer.accepted(batch)
+        self.buffer.accepted(batch, counted=not refused)
         future.set_result(outcome)
 
     async def buffer_while_down(self) -> None:

@@ -263,6 +263,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._refuse(reply)
             return
         if isinstance(frame, protocol.MetricsBatch):
+            if frame.dropped:
+                log.warning("agent %s dropped %d buffered samples (oldest first) while disconnected",
+                            self.node_name, frame.dropped)
             await self._send(protocol.Ack(type="ack", seq=frame.seq))  # the agent forgets these points now
         if reply is not None:
             await self._send(reply)

@@ -139,6 +139,8 @@ class FleetCollector:
             ("fleet_telemetry_received_bytes", "bytes", "Bytes of accepted metrics frames."),
             ("fleet_telemetry_frames_dropped", "dropped", "Agent frames dropped over a frame-rate budget."),
             ("fleet_telemetry_frames_rejected", "rejected", "Metrics frames refused as too large."),
+            ("fleet_telemetry_agent_buffer_dropped", "agent_dropped",
+             "Samples agents dropped (oldest first) from their bounded buffers while disconnected."),
         ):
             yield CounterMetricFamily(name, text, value=counters.get(key, 0))
 

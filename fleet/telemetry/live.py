@@ -172,7 +172,8 @@ class LiveTelemetry:
         self.temp_threshold = 85.0
         self.connections = 0
         self._stale_due = 0.0
-        self.counters = {"frames": 0, "points": 0, "bytes": 0, "dropped": 0, "rejected": 0, "alerts_dropped": 0}
+        self.counters = {"frames": 0, "points": 0, "bytes": 0, "dropped": 0, "rejected": 0, "alerts_dropped": 0,
+                         "agent_dropped": 0}
 
     def node(self, node_id: int) -> NodeLive:
         live = self.nodes.get(node_id)
@@ -213,6 +214,7 @@ class LiveTelemetry:
         self.dirty.add(node_id)
         self.seen.add(node_id)
         self.counters["bytes"] += size
+        self.counters["agent_dropped"] += batch.dropped  # lost to the agent's bounded buffer while offline
 
     def _fold(self, live: NodeLive, ts: float, gpus: list[GpuSample]) -> None:
         ts = round(ts, 3)  # the precision points carry: readers filter on the value they saw
