@@ -205,3 +205,8 @@ class SiteCache(models.Model):
         if not self.bytes_served:
             return None
         return max(0.0, 1.0 - self.bytes_upstream / self.bytes_served)
+
+    @property
+    def hit_percent(self) -> float | None:
+        ratio = self.hit_ratio
+        return None if ratio is None else round(100 * ratio, 1)

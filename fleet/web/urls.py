@@ -5,7 +5,7 @@ import re
 from django.conf import settings
 from django.urls import path, re_path
 
-from fleet.web.views import apikeys, audit, enrollment, nodes, overview, static, users
+from fleet.web.views import apikeys, audit, enrollment, nodes, overview, sites, static, users
 from fleet.web.views import telemetry as telemetry_views
 
 _static_prefix = settings.STATIC_URL.strip("/")
@@ -15,6 +15,7 @@ urlpatterns = [
     path("nodes/", nodes.node_list, name="node-list"),
     path("nodes/states/", nodes.node_states, name="node-states"),
     path("nodes/<int:pk>/", nodes.node_detail, name="node-detail"),
+    path("sites/", sites.site_list, name="site-list"),
     path("nodes/<int:pk>/telemetry/live/", telemetry_views.node_live, name="node-telemetry-live"),
     path("nodes/<int:pk>/telemetry/history/", telemetry_views.node_history, name="node-telemetry-history"),
     path("telemetry/heatmap/", telemetry_views.fleet_heat, name="fleet-heatmap"),
