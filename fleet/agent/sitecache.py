@@ -40,6 +40,8 @@ PASS_HEADERS = ("Content-Type", "X-Repo-Commit", "ETag", "X-Linked-Etag", "X-Lin
 MAX_METADATA = 16 * 1024 * 1024  # bytes of a metadata answer passed through
 STALL = 60.0  # seconds a follower waits for a fetch that stopped growing
 PIECE = 1024 * 1024
+PINNED = re.compile(r"/(resolve|revision|tree)/[0-9a-f]{40}(/|$|\?)")  # a commit's files never change
+MAX_REMEMBERED = 4096
 
 
 class _FetchFailed(Exception):
@@ -82,6 +84,7 @@ class SiteCache:
         self.lock = threading.Lock()
         self.fetches: dict[str, Fetch] = {}
         self._disk: tuple[float, int, int] = (0.0, 0, 0)
+        self.remembered: dict[tuple[str, str], object] = {}  # the server's answers for commit-pinned paths
 
     # ---- what the agent reports --------------------------------------------------------------------
 
@@ -115,10 +118,30 @@ class SiteCache:
         return httpx2.Client(timeout=httpx2.Timeout(30.0, read=120.0), follow_redirects=follow)
 
     def upstream(self, method: str, path_and_query: str):
-        """One metadata request to the server's mirror with this node's credential (no body streaming)."""
-        with self.client() as client:
-            return client.request(method, self.mirror + path_and_query,
-                                  headers={"Authorization": f"Bearer {self.token}"})
+        """One metadata request to the server's mirror with this node's credential (no body streaming).
+
+        The server decides (approval, revocation) whenever it can be reached. When it cannot, an answer it
+        gave earlier for a commit-pinned path (immutable) is used again, so a site cut off from the server
+        still pulls what its cache holds; anything else raises the transport error."""
+        import httpx2
+
+        pinned = PINNED.search(path_and_query) is not None
+        try:
+            with self.client() as client:
+                response = client.request(method, self.mirror + path_and_query,
+                                          headers={"Authorization": f"Bearer {self.token}"})
+        except httpx2.TransportError:
+            remembered = self.remembered.get((method, path_and_query)) if pinned else None
+            if remembered is None:
+                raise
+            log.info("server unreachable: answering %s %s from the site cache's memory", method, path_and_query)
+            return remembered
+        if pinned and response.status_code == 200:
+            with self.lock:
+                self.remembered[(method, path_and_query)] = response
+                while len(self.remembered) > MAX_REMEMBERED:
+                    self.remembered.pop(next(iter(self.remembered)))
+        return response
 
     # ---- blobs -------------------------------------------------------------------------------------
 

@@ -77,8 +77,9 @@ class Mirror:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hf"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server.socket.fileno() >= 0:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @pytest.fixture
@@ -195,3 +196,17 @@ def test_parse_listen():
     for bad in ("8900", ":0", "host:http", ":70000"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+def test_a_site_cut_off_from_the_server_still_pulls_what_its_cache_holds(site):
+    mirror, _cache, base = site({"model.safetensors": (WEIGHTS, LFS)})
+    with httpx2.Client(follow_redirects=True, timeout=30) as client:
+        assert client.get(resolve(base, "model.safetensors"), headers=auth()).content == WEIGHTS
+        mirror.close()  # the WAN goes down
+        head = client.head(resolve(base, "model.safetensors"), headers=auth())
+        assert head.status_code == 200 and head.headers["X-Linked-Etag"] == f'"{LFS}"'  # the commit's answer
+        assert client.get(resolve(base, "model.safetensors"), headers=auth()).content == WEIGHTS
+        # a moving revision is the server's to resolve: not answered from memory
+        moving = client.head(f"{base}/hf/plant/tiny/resolve/main/model.safetensors", headers=auth())
+        assert moving.status_code == 502
+    assert len(mirror.gets) == 1
