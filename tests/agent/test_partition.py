@@ -114,3 +114,22 @@ async def test_partitioned_agent_keeps_serving_and_catches_up_within_the_frame_c
     dropped = sum(b.get("dropped", 0) for b in batches)
     assert dropped >= PARTITION / STEP - 2 * KEPT  # ~150 samples lost to the bound, counted and reported once
     assert batches[0].get("dropped") == dropped  # the first frame carries the count; acked, it is not repeated
+
+
+def test_every_reconnect_delay_is_jittered(monkeypatch):
+    """websockets randomises only its first delay: agents that lost the server together would retry in
+    lockstep after it. Each later delay is drawn from [d/2, d] of the library's series."""
+    monkeypatch.setenv("WEBSOCKETS_BACKOFF_MIN_DELAY", "2")
+    monkeypatch.setenv("WEBSOCKETS_BACKOFF_MAX_DELAY", "60")
+    monkeypatch.setenv("WEBSOCKETS_BACKOFF_FACTOR", "2")
+    series = [[next(delays) for _ in range(10)] for delays in (backoff_delays() for _ in range(20))]
+    plain = [2, 4, 8, 16, 32, 60, 60, 60, 60]
+    for delays in series:
+        assert all(d / 2 <= got <= d for got, d in zip(delays[1:], plain, strict=True))
+    assert len({delays[5] for delays in series}) == len(series)  # not in lockstep
+    monkeypatch.setenv("FLEET_AGENT_BACKOFF_JITTER", "0")
+    assert [round(d, 6) for d in _take(backoff_delays(), 10)[1:]] == plain  # the library's own series
+
+
+def _take(delays, count: int) -> list[float]:
+    return [next(delays) for _ in range(count)]
