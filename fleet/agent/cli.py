@@ -22,7 +22,8 @@ from fleet.agent.enroll import EnrollError, enroll, rotate, validate_server_url
 from fleet.agent.modelstore import DeployConfig, ModelStore
 from fleet.agent.runtimes import CHOICES, choose_adapter, default_runtime
 from fleet.agent.runtimes.process import RuntimeSettings
-from fleet.agent.sitecache import SiteCache, parse_listen, serve
+from fleet.agent.sitecache import SiteCache
+from fleet.agent.sitecache_http import parse_listen, serve
 from fleet.agent.state import (
     Credentials,
     StateError,

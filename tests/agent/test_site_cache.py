@@ -14,7 +14,8 @@ import httpx2
 import pytest
 
 from fleet.agent.protocol import FrameError, parse_agent_frame, parse_server_frame
-from fleet.agent.sitecache import SiteCache, cache_report, parse_listen, serve
+from fleet.agent.sitecache import SiteCache, cache_report
+from fleet.agent.sitecache_http import parse_listen, serve
 from fleet.lib import sitetoken
 
 SHA = "a" * 40
