@@ -21,7 +21,7 @@ from fleet import events
 from fleet.agent.protocol import Hello
 from fleet.hub import commands as hub_commands
 from fleet.inventory import runtimes, sites, summary
-from fleet.inventory.models import Gpu, GpuState, Node, NodeKind, NodeStatus
+from fleet.inventory.models import Gpu, GpuState, Node, NodeKind, NodeStatus, SiteCache
 from fleet.inventory.services import set_status
 from fleet.lib.errors import FieldError
 from fleet.telemetry import records as telemetry_records
@@ -65,8 +65,7 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         # Facts and GPUs may have changed even when the status did not: open node pages redraw.
         events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
         if changed_site:  # the site's nodes learn of their (new) cache without waiting for a reconnect
-            events.publish_many([(events.node_group(other), {"type": "agent.site"})
-                                 for other in sites.neighbours(changed_site) if other != node.pk])
+            _tell_sites([changed_site], but=node.pk)
     telemetry_records.node_online(node.pk)  # resolves a node-offline alert, if one is open
     return node
 
@@ -127,12 +126,18 @@ def _upsert_gpus(node: Node, hello: Hello, now: datetime) -> None:
         Gpu.objects.filter(pk__in=stale).delete()
 
 
+def _tell_sites(names, but: int | None = None) -> None:
+    """The nodes of these sites: their cache came, changed or went (each connection sends a ``site`` frame)."""
+    events.publish_many([(events.node_group(other), {"type": "agent.site"})
+                         for site in set(names) for other in sites.neighbours(site) if other != but])
+
+
 def record_seen(node_id: int, now: datetime | None = None) -> None:
     """A frame arrived: refresh last_seen, and bring the node back online if the sweeper had given up."""
     now = now or timezone.now()
     updated = Node.objects.filter(pk=node_id, status=NodeStatus.ONLINE).update(last_seen=now)
-    if not updated:
-        set_status(node_id, NodeStatus.ONLINE, expect=NodeStatus.OFFLINE, last_seen=now)
+    if not updated and set_status(node_id, NodeStatus.ONLINE, expect=NodeStatus.OFFLINE, last_seen=now):
+        _tell_sites(SiteCache.objects.filter(node_id=node_id).values_list("site", flat=True), but=node_id)
 
 
 def sweep_offline(now: datetime | None = None) -> list[int]:
@@ -150,6 +155,7 @@ def sweep_offline(now: datetime | None = None) -> list[int]:
     if gone:
         log.info("nodes offline after %.0fs without a frame: %s", settings.FLEET_OFFLINE_AFTER, gone)
         telemetry_records.node_offline(gone)
+        _tell_sites(SiteCache.objects.filter(node_id__in=gone).values_list("site", flat=True))
     return gone
 
 

@@ -37,7 +37,9 @@ def register(node: Node, advert: SiteCacheAdvert | None) -> str | None:
     SiteCache.objects.filter(node=node).exclude(site=site).delete()
     current = SiteCache.objects.filter(site=site).first()
     if current is not None and current.node_id == node.pk and current.url == advert.url:
-        return None
+        # the same cache again: its site hears of it only if it was offline (``node.status`` is the status
+        # before this hello) and so left out of the offers meanwhile
+        return None if node.status == NodeStatus.ONLINE else site
     if current is not None and current.node_id != node.pk:
         log.warning("node %s replaces node %s as the site cache of %s", node.name, current.node_id, site)
     SiteCache.objects.update_or_create(site=site, defaults={"node": node, "url": advert.url,

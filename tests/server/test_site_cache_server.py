@@ -4,10 +4,14 @@ are stored, and the Sites page shows them."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.utils import timezone
 
+from fleet.agents.presence import record_seen, sweep_offline
 from fleet.inventory.models import SiteCache
 from fleet.lib import sitetoken
 from tests.server.test_agent_socket import connect_and_hello, hello
@@ -70,6 +74,13 @@ async def test_cache_registers_and_its_site_is_told(make_node, client, charlie):
     page = (await database_sync_to_async(client.get)("/sites/")).content.decode()
     assert 'data-site="plant-7"' in page and "3.0 GiB" in page and "75 %" in page and URL in page
     assert 'data-site="plant-8"' in page and "no cache: every node pulls from the server" in page
+
+    # the cache node goes silent: its site is told there is no cache; back, it is told again
+    later = timezone.now() + timedelta(seconds=settings.FLEET_OFFLINE_AFTER + 60)
+    await database_sync_to_async(lambda: sweep_offline(later))()
+    assert (await receive_type(first, "site")).get("site_cache") is None
+    await database_sync_to_async(record_seen)(cache.pk)
+    assert (await receive_type(first, "site"))["site_cache"]["url"] == URL
 
     await cache_comm.send_json_to(site_hello())  # restarted without --site-cache: no longer the cache
     await receive_type(cache_comm, "welcome")
