@@ -57,6 +57,7 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         node.save()
         _upsert_gpus(node, hello, now)
         set_status(node.pk, NodeStatus.ONLINE, last_seen=now)
+        transaction.on_commit(summary.mark_stale)  # GPUs, memory or kind may have changed with the status unchanged
         hub_commands.record_inventory(node.pk, hello.installed, hello.active)
         runtimes.replace_runtimes(node.pk, hello.serving, now)
         # Facts and GPUs may have changed even when the status did not: open node pages redraw.

@@ -25,6 +25,7 @@ from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.lib.cidrs import address_allowed
 from fleet.lib.http import request_bearer
 from fleet.telemetry import gateway_stats
+from fleet.telemetry.freshness import is_live
 from fleet.telemetry.models import Alert, AlertSeverity
 from fleet.telemetry.store import get_store
 
@@ -45,11 +46,6 @@ DCGM_FIELDS: list[tuple[str, str, str, float]] = [
     ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.", "ecc_uncorrected", 1),
     ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", "last_xid", 1),
 ]
-
-
-def stale_after() -> float:
-    """Latest values older than this are not exported (the node stopped reporting)."""
-    return max(30.0, 2 * settings.FLEET_OFFLINE_AFTER)
 
 
 class FleetCollector:
@@ -75,11 +71,11 @@ class FleetCollector:
     def _dcgm(self, latest: dict[int, dict[str, Any]], nodes: dict[int, dict], models: dict) -> Iterator[Metric]:
         families = {name: GaugeMetricFamily(name, text, labels=LABELS) for name, text, _, _ in DCGM_FIELDS}
         free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=LABELS)
-        cutoff = time.time() - stale_after()
+        now = time.time()
         for node_id in sorted(latest):
             frame, node = latest[node_id], nodes.get(node_id)
-            if node is None or frame.get("ts", 0) < cutoff:
-                continue
+            if node is None or not is_live(node["status"], frame.get("ts"), now):
+                continue  # offline, revoked or silent: the pages say "no data since", /metrics says nothing
             hostname = node["hostname"] or node["name"]
             for gpu in frame.get("gpus", []):
                 if gpu.get("lost"):
