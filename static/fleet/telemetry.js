@@ -40,7 +40,7 @@
   var topic = "telemetry:node:" + nodeId;
   var page = document.querySelector("[data-node-page]");
   var state = { status: page ? page.getAttribute("data-node-status-value") : "online", since: null,
-                staleAfter: 30, stale: false, latest: null };
+                staleAfter: 30, offlineAfter: 15, stale: false, latest: null };
   var times = []; // window timestamps (server clock), with null-gaps already in place
   var rowsByGpu = {}; // GPU index → [metric slot arrays aligned with times]
   var gpuOrder = [];
@@ -75,7 +75,9 @@
         at -= 1;
       }
       var prev = at > 0 ? times[at - 1] : null;
-      var gap = prev !== null && ts - prev > Math.max(10, state.staleAfter / 3);
+      // Longer without a point than it takes the server to call the node offline: the line breaks there.
+      var step = at > 1 ? prev - times[at - 2] : 0;
+      var gap = prev !== null && ts - prev > Math.max(state.offlineAfter, 3 * step);
       var insert = gap ? [prev + 0.001, ts] : [ts];
       point[1].forEach(function (row) { if (ensureGpu(row[0])) rebuilt = true; });
       times.splice.apply(times, [at, 0].concat(insert));
@@ -107,9 +109,12 @@
 
   function chartWidth(el) { return Math.max(280, (el.clientWidth || 400) - 4); }
 
+  // The last 15 minutes, or from the first point (at least 2 minutes) when there are only minutes of data:
+  // a line over what exists, not a sliver at the right edge. Runs on to now, so a silent node's line ends.
   function xRange() {
     var now = C.serverNow();
-    return [now - WINDOW_S, now];
+    var first = times.length ? times[0] : now;
+    return [Math.max(now - WINDOW_S, Math.min(first - 5, now - 120)), now];
   }
 
   function buildCharts() {
@@ -266,6 +271,7 @@
     return fetchJSON(nodeRoot.getAttribute("data-live-url")).then(function (snap) {
       C.setServerNow(snap.now);
       state.staleAfter = snap.stale_after || state.staleAfter;
+      state.offlineAfter = snap.offline_after || state.offlineAfter;
       state.status = snap.status || state.status;
       state.since = snap.since;
       if (!snap.live) state.latest = null;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from django.conf import settings
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, render
@@ -34,7 +35,7 @@ def node_live(request: HttpRequest, pk: int) -> HttpResponse:
     since = _frame_ts(latest)
     live = is_live(node.status, since)
     head = json.dumps({"node": node.pk, "status": node.status, "live": live, "since": since, "now": time.time(),
-                       "stale_after": stale_after()})
+                       "stale_after": stale_after(), "offline_after": settings.FLEET_OFFLINE_AFTER})
     body = f'{head[:-1]},"latest":{latest if live and latest else "null"},"points":{points}}}'
     return HttpResponse(body, content_type="application/json")
 
