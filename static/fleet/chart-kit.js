@@ -62,19 +62,29 @@
     return null;
   }
 
-  // Legend text of a value series: at the cursor, or the series' newest value when not hovering.
-  function legendValue(unit, digits) {
+  // Legend text of a value series: at the cursor; when not hovering, the newest value while the data is
+  // live (``live()``), else nothing (a stale value must not read as a current one).
+  function legendValue(unit, digits, live) {
     return function (u, value, sidx, idx) {
-      var v = idx === null || idx === undefined ? newest(u.data[sidx] || []) : value;
-      return F.number(v, digits || 0, unit);
+      if (idx === null || idx === undefined) {
+        if (live && !live()) return "";
+        value = newest(u.data[sidx] || []);
+      }
+      return F.number(value, digits || 0, unit);
     };
   }
 
-  function legendTime(u, value, sidx, idx) {
-    var xs = u.data[0] || [];
-    var ts = idx === null || idx === undefined ? xs[xs.length - 1] : value;
-    if (ts === undefined || ts === null) return F.EMPTY;
-    return clock(ts) + (idx === null || idx === undefined ? " (newest)" : " · " + utc(ts).slice(11));
+  // Legend text of the time: the hovered point's time (local, 24-hour) with UTC; when not hovering, the
+  // newest point's time, or "no data since …" when the data is not live.
+  function legendTime(live) {
+    return function (u, value, sidx, idx) {
+      var xs = u.data[0] || [];
+      var hovering = idx !== null && idx !== undefined;
+      var ts = hovering ? value : xs[xs.length - 1];
+      if (ts === undefined || ts === null) return hovering ? F.EMPTY : noDataText(null);
+      if (hovering) return clock(ts) + " · " + utc(ts).slice(11);
+      return live && !live() ? noDataText(ts) : clock(ts) + " (newest)";
+    };
   }
 
   function setServerNow(serverSeconds) {

@@ -144,9 +144,9 @@
           scales: { x: { time: true, range: function () { return xRange(); } },
                     y: metric.range ? { range: metric.range } : { range: function (u, min, max) {
                       return [0, Math.max(1, Math.ceil((max || 0) * 1.15))]; } } },
-          series: [{ value: C.legendTime }].concat(gpuOrder.map(function (index, n) {
+          series: [{ value: C.legendTime(notStale) }].concat(gpuOrder.map(function (index, n) {
             return { label: "GPU " + index, stroke: C.colour(n), dash: C.dash(n), width: 1.5, spanGaps: false,
-                     points: { show: false }, value: C.legendValue(metric.unit, metric.digits) };
+                     points: { show: false }, value: C.legendValue(metric.unit, metric.digits, notStale) };
           })),
           axes: [C.timeAxis(), C.valueAxis(metric.unit, metric.digits)],
         }, chartData(m), el);
@@ -166,6 +166,8 @@
   }
 
   // ---- current values, processes, "no data since" ------------------------------------------------------
+  function notStale() { return !state.stale; }
+
   function isStale() {
     if (state.status !== "online" || !state.latest) return true;
     return C.serverNow() - state.latest.ts > state.staleAfter;
@@ -184,6 +186,7 @@
     if (stale !== state.stale) {
       state.stale = stale;
       renderCurrent();
+      charts.forEach(function (c) { if (c.plot && c.plot.setLegend) c.plot.setLegend({ idx: null }); });
     }
     charts.forEach(function (c) { if (c.plot) c.plot.setScale("x", { min: xRange()[0], max: xRange()[1] }); });
   }
@@ -329,7 +332,7 @@
         history.chart = new window.uPlot({
           width: chartWidth(box), height: 240,
           scales: { x: { time: true, range: function () { return [from, now]; } } },
-          series: [{ value: C.legendTime }].concat(indexes.map(function (i, n) {
+          series: [{ value: C.legendTime() }].concat(indexes.map(function (i, n) {
             return { label: "GPU " + i, stroke: C.colour(n), dash: C.dash(n), width: 1.5, spanGaps: false,
                      points: { show: xs.length < 3 }, value: C.legendValue(spec[1], spec[2]) };
           })),

@@ -123,6 +123,9 @@ def test_killed_agent_turns_to_no_data_on_open_pages(stack: Stack, tmp_path) -> 
                 current = node.eval_on_selector_all("[data-gpu-current]", "rows => rows.map(r => r.innerText)")
                 assert len(current) == 8 and all("no data since" in row and "%" not in row for row in current), current
                 assert node.locator("[data-process-table] tbody tr").count() == 0
+                legend = node.eval_on_selector_all("[data-metric-panel='util'] .u-legend .u-value",
+                                                   "els => els.map(e => e.textContent)")
+                assert NO_DATA.match(legend[0]) and legend[1:] == [""] * 8, legend  # no old value reads as current
                 assert "no data since" in node.text_content("[data-process-empty]")
                 assert overview.evaluate("window.__noReload") is True and node.evaluate("window.__noReload") is True
                 # The line ends where the data does: the x axis runs on to now, past the newest point.
