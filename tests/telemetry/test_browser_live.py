@@ -85,6 +85,15 @@ def test_killed_agent_turns_to_no_data_on_open_pages(stack: Stack, tmp_path) -> 
                     timeout=30000)
                 assert overview.locator("[data-gpu-row]:not([data-nodata])").count() == 8
                 assert overview.text_content(f"[data-gpu-row='{node_id}:0'] td:nth-child(4)").endswith("%")
+                # The GPU table sorts by a clicked column: utilization, highest first, then lowest first.
+                utils = "els => els.map(e => parseFloat(e.textContent))"
+                overview.click("[data-gpu-table] th[data-sort='util'] button")
+                shown = overview.eval_on_selector_all("[data-gpu-row] td:nth-child(4)", utils)
+                assert shown == sorted(shown, reverse=True), shown
+                assert overview.get_attribute("th[data-sort='util']", "aria-sort") == "descending"
+                overview.click("[data-gpu-table] th[data-sort='util'] button")
+                shown = overview.eval_on_selector_all("[data-gpu-row] td:nth-child(4)", utils)
+                assert shown == sorted(shown), shown
 
                 node = overview.context.new_page()
                 node.on("pageerror", lambda error: errors.append(str(error)))
