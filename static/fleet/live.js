@@ -170,6 +170,10 @@
     var changedCell = row.querySelector("[data-node-changed]");
     if (changedCell) changedCell.replaceChildren(timeElement(new Date().toISOString()));
     tbody.insertBefore(row, tbody.firstChild);
+    var wrap = table.closest("[data-recent-wrap]");
+    if (wrap) wrap.hidden = false;
+    var empty = document.querySelector("[data-recent-empty]");
+    if (empty) empty.hidden = true;
     while (tbody.rows.length > RECENT_LIMIT) tbody.deleteRow(tbody.rows.length - 1);
     flash(row);
   }

@@ -266,6 +266,20 @@ def test_overview_counts_follow_the_database_without_reload(stack: Stack, tmp_pa
                 a.kill()
                 assert stack.node_status("count-a") == "online"
                 counts_agree(page, "GPUs replaced on a node that stays online", online=1)
+                # The recently-changed table, empty when the page opened, lists both nodes with their GPU counts.
+                per_node = dict(stack.query("SELECT n.name, COUNT(g.id) FROM inventory_node n LEFT JOIN inventory_gpu g"
+                                            " ON g.node_id = n.id AND g.state = 'present' GROUP BY n.name"))
+                rows_js = ("rows => Object.fromEntries(rows.map(r => [r.cells[0].textContent.trim(),"
+                           " r.cells[3].textContent.trim()]))")
+                want = {name: str(n) for name, n in per_node.items()}
+                seen: list[dict] = []
+                try:
+                    wait_until(lambda: seen.append(page.eval_on_selector_all("table[data-recent-nodes] tbody tr",
+                                                                             rows_js)) or seen[-1] == want,
+                               30, "the recently changed nodes")
+                except AssertionError as error:
+                    raise AssertionError(f"{error}: {seen[-1]} != {want}") from None
+                assert page.is_hidden("[data-recent-empty]")
                 screenshot(page, "overview-counts")
                 assert page.evaluate("window.__noReload") is True  # all of it live, no reload
             finally:
