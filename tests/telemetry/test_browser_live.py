@@ -6,8 +6,12 @@ new-GPU events without a reload. Screenshots go to $FLEET_SCREENSHOTS or var/scr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -288,4 +292,38 @@ def test_overview_counts_follow_the_database_without_reload(stack: Stack, tmp_pa
         for agent in agents:
             agent.kill()
     assert len(checks) == 8
+    assert not errors, errors
+
+
+def test_history_with_minutes_of_data_draws_a_line_over_them(stack: Stack, tmp_path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    _, node_id = enroll(stack, tmp_path, "young-node")
+    now = int(time.time()) // 60 * 60
+    with contextlib.closing(sqlite3.connect(stack.tmp / "var" / "fleet.sqlite3", timeout=10)) as db:
+        for index in range(2):
+            for age in (3, 2, 1):  # three minutes of rollups, the newest a minute old
+                minute = datetime.fromtimestamp(now - 60 * age, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+                db.execute("INSERT INTO telemetry_gpurollup (node_id, gpu_index, gpu_uuid, minute, samples, util_avg,"
+                           " util_max, temp_avg, power_avg) VALUES (?, ?, ?, ?, 60, ?, ?, 50, 300)",
+                           (node_id, index, f"GPU-{index}", minute, 10.0 * age + index, 10.0 * age + index))
+        db.commit()
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = open_page(browser, stack.url(), "vera", [], errors)
+            page.goto(f"{stack.url()}/nodes/{node_id}/")
+            page.wait_for_selector("[data-history-chart][data-points='3'] canvas", timeout=30000)
+            chart = page.evaluate("""() => { const u = fleetTelemetry.charts().at(-1);
+                return {min: u.scales.x.min, max: u.scales.x.max, xs: u.data[0], gpu0: u.data[1],
+                        axes: u.axes.map(a => a.label), series: u.series.length}; }""")
+            assert chart["gpu0"] == [30.0, 20.0, 10.0] and chart["series"] == 3
+            # The x axis spans what exists (from a minute before the first rollup to now), not the whole
+            # hour with three dots at its right edge.
+            assert chart["min"] == pytest.approx(chart["xs"][0] - 60, abs=1)
+            assert chart["max"] - chart["min"] < 6 * 60
+            assert chart["axes"][0].startswith("time (") and chart["axes"][1] == "%"
+            screenshot(page, "node-history")
+        finally:
+            browser.close()
     assert not errors, errors
