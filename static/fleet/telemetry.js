@@ -1,5 +1,5 @@
 /* A node's live telemetry page: one chart per metric across all the node's GPUs (last 15 min), current
- * values, history (1 h / 24 h / 7 d from 1-minute rollups), process table; and the alert feeds.
+ * values, process table; and the alert feeds. History (1 h / 24 h / 7 d of rollups): telemetry-history.js.
  *
  * Streams over the page's one /ws/live/ socket (window.fleetLive, live.js): topic telemetry:node:<id>.
  * A hidden tab unsubscribes; shown again, it refetches the window and resubscribes. A node that is offline,
@@ -195,6 +195,8 @@
     var table = nodeRoot.querySelector("[data-current-table] tbody");
     var g = {};
     if (!state.stale && state.latest) state.latest.gpus.forEach(function (gpu) { g[gpu.index] = gpu; });
+    var wrap = nodeRoot.querySelector("[data-current-wrap]");
+    if (wrap) wrap.hidden = !gpuOrder.length;
     if (table) {
       var fresh = document.createDocumentFragment();
       gpuOrder.forEach(function (index, n) {
@@ -254,8 +256,9 @@
     var empty = nodeRoot.querySelector("[data-process-empty]");
     if (empty) {
       empty.hidden = rows.length > 0;
-      empty.textContent = state.stale ? "No process data: " + C.noDataText(state.latest ? state.latest.ts : state.since) + "."
-        : "No compute processes reported.";
+      var since = state.latest ? state.latest.ts : state.since;
+      empty.textContent = !state.stale ? "No compute processes reported."
+        : (since ? "No process data: " + C.noDataText(since) + "." : "No process data yet.");
     }
   }
 
@@ -297,66 +300,6 @@
     refreshStale();
   }
 
-  // ---- history from rollups ---------------------------------------------------------------------------
-  var history = { chart: null, range: "1h", metric: "util" };
-  var HISTORY_SPANS = { "1h": 3600, "24h": 86400, "7d": 7 * 86400 };
-  var HISTORY = { util: [1, "%", 0], mem: [2, "GiB", 1], temp: [3, "°C", 0], power: [4, "W", 0] };
-
-  function loadHistory() {
-    var box = nodeRoot.querySelector("[data-history-chart]");
-    if (!box) return;
-    fetchJSON(nodeRoot.getAttribute("data-history-url") + "?range=" + encodeURIComponent(history.range))
-      .then(function (data) {
-        var indexes = Object.keys(data.gpus).map(Number).sort(function (a, b) { return a - b; });
-        var seen = {};
-        indexes.forEach(function (i) { data.gpus[i].forEach(function (p) { seen[p[0]] = true; }); });
-        var xs = Object.keys(seen).map(Number).sort(function (a, b) { return a - b; });
-        var spec = HISTORY[history.metric];
-        var series = indexes.map(function (i) {
-          var byTime = {};
-          data.gpus[i].forEach(function (p) {
-            var v = p[spec[0]];
-            byTime[p[0]] = v === null ? null : (spec[0] === 2 ? v / F.GIB : v);
-          });
-          return xs.map(function (t) { return t in byTime ? byTime[t] : null; });
-        });
-        if (history.chart) history.chart.destroy();
-        box.replaceChildren();
-        box.setAttribute("data-points", String(xs.length));
-        var empty = nodeRoot.querySelector("[data-history-empty]");
-        if (empty) empty.hidden = xs.length > 0;
-        if (!window.uPlot || !xs.length) { history.chart = null; return; }
-        var now = C.serverNow();
-        // Over what exists: from the first rollup (less a minute) when that is inside the asked-for span.
-        var from = Math.max(now - HISTORY_SPANS[history.range], xs[0] - 60);
-        history.chart = new window.uPlot({
-          width: chartWidth(box), height: 240,
-          scales: { x: { time: true, range: function () { return [from, now]; } } },
-          series: [{ value: C.legendTime() }].concat(indexes.map(function (i, n) {
-            return { label: "GPU " + i, stroke: C.colour(n), dash: C.dash(n), width: 1.5, spanGaps: false,
-                     points: { show: xs.length < 3 }, value: C.legendValue(spec[1], spec[2]) };
-          })),
-          axes: [C.timeAxis(), C.valueAxis(spec[1], spec[2])],
-        }, [xs].concat(series), box);
-      }).catch(warn);
-  }
-
-  function setupHistory() {
-    var buttons = nodeRoot.querySelectorAll("[data-history-range]");
-    for (var i = 0; i < buttons.length; i++) {
-      buttons[i].addEventListener("click", function (event) {
-        history.range = event.currentTarget.getAttribute("data-history-range");
-        for (var j = 0; j < buttons.length; j++) {
-          buttons[j].setAttribute("aria-pressed", String(buttons[j] === event.currentTarget));
-        }
-        loadHistory();
-      });
-    }
-    var select = nodeRoot.querySelector("[data-history-metric]");
-    if (select) select.addEventListener("change", function () { history.metric = select.value; loadHistory(); });
-    loadHistory();
-  }
-
   // ---- alert feeds -----------------------------------------------------------------------------------
   var feedTimer = null;
 
@@ -385,11 +328,9 @@
   if (!nodeRoot) return;
   gpuList();
   buildCharts();
-  setupHistory();
   setInterval(refreshStale, 1000);
   window.addEventListener("resize", function () {
-    charts.concat(history.chart ? [{ plot: history.chart, el: nodeRoot.querySelector("[data-history-chart]") }] : [])
-      .forEach(function (c) { if (c.plot) c.plot.setSize({ width: chartWidth(c.el), height: c.plot.height }); });
+    charts.forEach(function (c) { if (c.plot) c.plot.setSize({ width: chartWidth(c.el), height: c.plot.height }); });
   });
   loadSnapshot().then(function () {
     if (!live) return;
@@ -404,7 +345,10 @@
   });
 
   window.fleetTelemetry = {
-    charts: function () { return charts.map(function (c) { return c.plot; }).concat(history.chart ? [history.chart] : []); },
+    charts: function () {
+      var history = window.fleetHistory && window.fleetHistory.chart();
+      return charts.map(function (c) { return c.plot; }).concat(history ? [history] : []);
+    },
     state: state,
   };
 })();
