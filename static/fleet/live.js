@@ -22,6 +22,7 @@
   var wanted = {}; // topic → how many callers want it
   var listeners = {}; // message kind → [fn]
   var opened = 0;
+  var caughtUp = false; // node states fetched since this socket opened (later subscribe replies need not)
 
   var STATUS_CLASSES = ["badge-green", "badge-red", "badge-grey", "badge-purple"];
   var MAX_BACKOFF_MS = 30000;
@@ -220,7 +221,7 @@
       case "subscribed":
         attempts = 0;
         setState("live");
-        catchUp();
+        if (!caughtUp) { caughtUp = true; catchUp(); }
         break;
       case "error":
         if (window.console) console.warn("fleet live:", message.detail);
@@ -285,6 +286,7 @@
     socket.onopen = function () {
       send("subscribe", Object.keys(wanted));
       opened += 1;
+      caughtUp = false;
       emit("connected", { reconnect: opened > 1 });
     };
     socket.onmessage = function (event) {
