@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean bench-telemetry bench-chat bench-hub
+.PHONY: demo test lint install clean bench-telemetry bench-chat bench-hub bench-rollout agent-wheel bench-agent
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Fleet needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -44,9 +44,21 @@ clean:
 bench-telemetry: $(TEST_STAMP)
 	$(BIN)/python bench/telemetry.py --search
 
-bench-chat: $(STAMP)
+bench-chat: $(TEST_STAMP)
 	$(BIN)/python bench/chat.py
+
+# One rollout over 1,000 simulated nodes: control-plane ms per node, queries per transition (last line: JSON).
+bench-rollout: $(TEST_STAMP)
+	$(BIN)/python bench/rollout.py --nodes 1000
 
 # The node's pull of a 1 GiB file by 1 and 4 agents ÷ curl's rate for the same blob (last line: JSON).
 bench-hub: $(TEST_STAMP)
 	$(BIN)/python bench/hub.py --agents ""
+
+# The light agent for nodes (fleet/agent alone, no Django): var/dist/fleet_agent-*.whl.
+agent-wheel: $(DEMO_STAMP)
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w var/dist ./agent
+
+# That wheel in a fresh venv on this (CPU-only) host: installed size and idle RSS (last line: JSON).
+bench-agent: $(TEST_STAMP)
+	$(BIN)/python bench/agent_footprint.py

@@ -5,7 +5,10 @@ the agents' answers entering through the hub's real event path (`fleet.hub.comma
 agent consumer calls). Embedded default: SQLite in a temporary folder.
 
 Reports the control plane's time per node (target < 5 ms), split into the engine's passes and the agents'
-command events, and database queries per target transition.
+command events, and database queries per target transition (the engine's, and the engine's plus the hub's
+for the agents' events). Against a baseline measured in the same run on the same database: the floor any
+hub pays for these answers, one transaction holding one compare-and-set UPDATE of the command row per
+agent event; the ratio says what the control plane costs over that floor, whatever the machine's load.
 
     .venv/bin/python bench/rollout.py                 # 1,000 nodes
     .venv/bin/python bench/rollout.py --nodes 200
@@ -18,6 +21,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +68,36 @@ def answer_all() -> int:
     return len(pending)
 
 
+@contextmanager
+def counting() -> Iterator[list[int]]:
+    """Count the statements sent to the database meanwhile (an executemany counts once)."""
+    from django.db import connection
+
+    count = [0]
+
+    def wrapper(execute, sql, params, many, context):  # Django's execute_wrapper signature
+        count[0] += 1
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        yield count
+
+
+def floor(events: int) -> float:
+    """Seconds for ``events`` transactions of one compare-and-set UPDATE each (of rows that exist)."""
+    from django.db import transaction
+
+    from fleet.hub.models import NodeCommand
+
+    ids = list(NodeCommand.objects.order_by("pk").values_list("pk", flat=True)[:events])
+    ids = (ids * (events // max(1, len(ids)) + 1))[:events]
+    started = time.perf_counter()
+    for pk in ids:
+        with transaction.atomic():
+            NodeCommand.objects.filter(pk=pk, finished_at__isnull=False).update(error="")
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
@@ -72,8 +107,6 @@ def main() -> None:
         setup(var)
         from datetime import timedelta
 
-        from django.db import connection
-        from django.test.utils import CaptureQueriesContext
         from django.utils import timezone
 
         from fleet.rollouts import driver, services
@@ -82,28 +115,32 @@ def main() -> None:
         deployment = build(args.nodes)
         strategy = {"healthcheck": None, "min_ready_seconds": 0, "max_unavailable": args.max_unavailable}
         engine_s = events_s = 0.0
-        passes = answered = 0
-        with CaptureQueriesContext(connection) as engine_queries:
+        passes = answered = event_queries = 0
+        with counting() as engine_queries:
             started = time.perf_counter()
             rollout = services.create_rollout("bench", deployment, "v2", strategy)
             engine_s += time.perf_counter() - started
-        queries = len(engine_queries)
+        queries = engine_queries[0]
         now = timezone.now()
         while rollout.active:
-            started = time.perf_counter()
-            answered += answer_all()
-            events_s += time.perf_counter() - started
+            with counting() as hub_queries:
+                started = time.perf_counter()
+                answered += answer_all()
+                events_s += time.perf_counter() - started
+            event_queries += hub_queries[0]
             now += timedelta(seconds=1)
-            with CaptureQueriesContext(connection) as engine_queries:
+            with counting() as engine_queries:
                 started = time.perf_counter()
                 driver.tick(now)
                 engine_s += time.perf_counter() - started
-            queries += len(engine_queries)
+            queries += engine_queries[0]
             passes += 1
             rollout.refresh_from_db()
             if passes > 10 * args.nodes:
                 raise SystemExit(f"the rollout did not finish: {rollout.state}")
         moves = RolloutEvent.objects.filter(rollout=rollout, target__isnull=False).count()
+        with counting():  # measured as the events were
+            floor_s = floor(answered)
         n = args.nodes
         print(f"rollout of {n} nodes ({args.max_unavailable} at once): {rollout.state} after {passes} engine passes")
         print(f"  engine (create + passes): {engine_s:7.2f} s  {1000 * engine_s / n:6.2f} ms/node")
@@ -111,8 +148,14 @@ def main() -> None:
               f"({answered} events, the hub's path)")
         print(f"  control plane in all:     {engine_s + events_s:7.2f} s  {1000 * (engine_s + events_s) / n:6.2f} "
               f"ms/node (target < 5 ms)")
+        print(f"  baseline (same run):      {floor_s:7.2f} s  {1000 * floor_s / n:6.2f} ms/node "
+              f"({answered} one-UPDATE transactions, the floor for these answers)")
+        print(f"  control plane ÷ baseline: {(engine_s + events_s) / floor_s:7.2f}")
         per = queries / max(1, moves)
         print(f"  engine queries: {queries} for {moves} target transitions = {per:.2f} per transition")
+        print(f"  hub queries for the agents' events: {event_queries} for {answered} events = "
+              f"{event_queries / max(1, answered):.2f} per event (with the simulated agents' one read a pass)")
+        print(f"  all queries: {(queries + event_queries) / max(1, moves):.2f} per target transition")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -36,15 +37,31 @@ def user_group(user_id: int) -> str:
 
 def publish(group: str, message: dict[str, Any]) -> None:
     """Send ``message`` to ``group`` after the current transaction commits (at once outside one)."""
+    publish_many([(group, message)])
+
+
+def publish_many(messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Send each ``(group, message)`` after the current transaction commits, in order, through one hop to
+    the channel layer's event loop (a thousand commands of one rollout pass: one hop, not a thousand)."""
+    if not messages:
+        return
+    batch = list(messages)
+
+    async def send_all(layer: Any) -> None:
+        for group, message in batch:
+            try:
+                await layer.group_send(group, message)
+            except Exception:  # a lost message is repaired by the next poll/reconnect; never fail the save
+                log.exception("publish to %s failed", group)
 
     def send() -> None:
         layer = get_channel_layer()
         if layer is None:
             return
         try:
-            async_to_sync(layer.group_send)(group, message)
-        except Exception:  # a lost message is repaired by the next poll/reconnect; never fail the save
-            log.exception("publish to %s failed", group)
+            async_to_sync(send_all)(layer)
+        except Exception:
+            log.exception("publishing %d message(s) failed", len(batch))
 
     transaction.on_commit(send)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet.agent import AGENT_VERSION
-from fleet.agent.collectors import Collector, make_collector
+from fleet.agent.collectors import Collector, make_selection, select_collector
 from fleet.agent.collectors.faults import Fault, parse_fault
 from fleet.agent.collectors.simulated import PROFILES
 from fleet.agent.connection import EXIT_REFUSED, run_agent
@@ -32,7 +32,7 @@ from fleet.agent.state import (
 
 log = logging.getLogger("fleet.agent")
 
-KINDS = ("gpu_server", "edge_device")
+KINDS = ("gpu_server", "edge_device", "cpu_node")
 LABEL_KEY = re.compile(r"[a-z0-9][a-z0-9._/-]{0,62}")
 MAX_LABELS = 64
 
@@ -111,9 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return handler[args.command](args, home)
 
 
+def detected_kind() -> str | None:
+    """The node kind this host's accelerators make it (``--kind`` overrides): a Jetson is an edge device,
+    a host with GPUs a GPU server, one with none a CPU node; None when unsure (a driver failing)."""
+    selection = select_collector()
+    try:
+        return selection.collector.host_overrides().get("kind")
+    finally:
+        selection.collector.close()
+
+
 def cmd_enroll(args: argparse.Namespace, home: Path) -> int:
     try:
-        creds = enroll(args.server, args.token, name=args.name, kind=args.kind, labels=dict(args.labels))
+        kind = args.kind or detected_kind()
+        creds = enroll(args.server, args.token, name=args.name, kind=kind, labels=dict(args.labels))
         path = save_credentials(creds, home)
     except (EnrollError, ValueError) as exc:
         print(f"enrollment failed: {exc}", file=sys.stderr)
@@ -154,6 +165,11 @@ def cmd_status(args: argparse.Namespace, home: Path) -> int:
         print(f"since:      {status.get('since') or '-'}")
     if status:
         print(f"last error: {status.get('last_error') or '-'}")
+    collector = (status or {}).get("collector") or {}
+    if collector:
+        print(f"collector:  {collector.get('used')}")
+        for name, why in (collector.get("skipped") or {}).items():
+            print(f"skipped:    {name}: {why}")
     for runtime in status.get("serving") or [] if running else []:
         port = f" on 127.0.0.1:{runtime['port']}" if runtime.get("port") else ""
         reason = f" ({runtime['reason']})" if runtime.get("reason") else ""
@@ -194,15 +210,20 @@ def cmd_run(args: argparse.Namespace, home: Path) -> int:
     if args.faults and not args.simulate:
         log.error("--fault needs --simulate: faults are injected into simulated GPUs only")
         return 2
-    collector = make_collector(args.simulate, seed=creds.node_name, faults=args.faults)
+    selection = make_selection(args.simulate, seed=creds.node_name, faults=args.faults)
+    collector = selection.collector
+    for name, why in selection.skipped.items():
+        log.info("collector %s skipped: %s", name, why)
     try:
         gpus, note = collector.inventory()
         if gpus:
-            log.info("%d GPU(s): %s", len(gpus), ", ".join(sorted({gpu.name for gpu in gpus})))
+            log.info("collector %s: %d GPU(s): %s", selection.used, len(gpus),
+                     ", ".join(sorted({gpu.name for gpu in gpus})))
         if not gpus:
-            log.warning("no NVIDIA GPUs: %s", note or "none found")
+            log.warning("no GPUs: %s", note or "none found")
         elif note:
             log.warning("%s", note)
+        args.collector_report = selection.report()
         return asyncio.run(_run(creds, collector, args, home))
     finally:
         collector.close()
@@ -216,7 +237,8 @@ async def _run(creds: Credentials, collector: Collector, args: argparse.Namespac
     while True:
         log.info("fleet-agent %s connecting to %s as node %s", AGENT_VERSION, creds.server, creds.node_name)
         code = await run_agent(creds, collector, labels=dict(args.labels), kind=args.kind, home=home,
-                               stop_event=stop, runtime=args.runtime)
+                               stop_event=stop, runtime=args.runtime,
+                               collector_report=getattr(args, "collector_report", None))
         if code != EXIT_REFUSED or stop.is_set():
             return code
         fresh = await _rotated_credentials(home, creds, stop)

@@ -145,6 +145,7 @@ class AgentSession(MetricsSender):
         stop_event: asyncio.Event,
         reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
         runtime: str = NONE,
+        collector_report: dict[str, Any] | None = None,
     ) -> None:
         self.creds = creds
         self.stop_event = stop_event
@@ -163,11 +164,14 @@ class AgentSession(MetricsSender):
             "node_name": creds.node_name,
             "since": now_iso(),
             "last_error": None,
+            "collector": collector_report,  # which collector runs and why the others were skipped
         }
         self._sample_failed = False
         self.deployer = Deployer(agent_home(home), creds.secret, creds.server)
         self.buffer = MetricsBuffer()
         self.streaming = 0  # metrics tasks sending now (a replaced one may still be unwinding); 0: buffer
+        self.stream_changed = asyncio.Event()  # set when that count changes
+        self.sampled_at: float | None = None  # loop time of the last sample, sent or buffered
         self.metrics_interval = DEFAULT_METRICS_INTERVAL
         self.batch_seq = 0
         self.awaiting_ack: tuple[MetricsBatch, asyncio.Future] | None = None  # the catch-up batch in flight
@@ -374,6 +378,7 @@ async def run_agent(
     stop_event: asyncio.Event | None = None,
     reconnect_delays: Callable[[], Iterator[float]] = backoff_delays,
     runtime: str = NONE,
+    collector_report: dict[str, Any] | None = None,
 ) -> int:
     """Stay connected to the server until ``stop_event`` is set or the server says stop.
 
@@ -383,7 +388,7 @@ async def run_agent(
     """
     stop_event = stop_event or asyncio.Event()
     session = AgentSession(creds, collector, labels=labels, kind=kind, home=home, stop_event=stop_event,
-                           reconnect_delays=reconnect_delays, runtime=runtime)
+                           reconnect_delays=reconnect_delays, runtime=runtime, collector_report=collector_report)
     session.set_status(connected=False)
     session.runtimes.start()
     runner = asyncio.create_task(session.connect_loop())

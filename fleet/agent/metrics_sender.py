@@ -33,6 +33,8 @@ class MetricsSender:
     home: str | os.PathLike[str] | None
     welcome: Welcome | None
     streaming: int
+    stream_changed: asyncio.Event
+    sampled_at: float | None
     metrics_interval: float
     batch_seq: int
     awaiting_ack: tuple[MetricsBatch, asyncio.Future] | None
@@ -68,7 +70,7 @@ class MetricsSender:
         self.metrics_interval = interval
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        self.streaming += 1
+        self._streams(+1)
         try:
             await self.catch_up(ws)  # first what was sampled while the socket was down, oldest first
             while True:
@@ -76,6 +78,7 @@ class MetricsSender:
                 next_at = max(next_at + interval, loop.time())
                 await asyncio.sleep(next_at - loop.time())
                 sample = await self.metrics()
+                self.sampled_at = loop.time()
                 try:
                     await ws.send(dump(sample))
                 except ConnectionClosed:
@@ -84,7 +87,11 @@ class MetricsSender:
         except ConnectionClosed:
             pass
         finally:
-            self.streaming -= 1
+            self._streams(-1)
+
+    def _streams(self, change: int) -> None:
+        self.streaming += change
+        self.stream_changed.set()  # the sampler of buffer_while_down looks again
 
     async def catch_up(self, ws: ClientConnection) -> None:
         """Send the buffer in frames the server announced it takes; forget points only when acknowledged."""
@@ -125,8 +132,29 @@ class MetricsSender:
         future.set_result(outcome)
 
     async def buffer_while_down(self) -> None:
-        """Keep sampling while no connection streams metrics, so a reconnect can send a catch-up."""
+        """Keep sampling while no connection streams metrics, so a reconnect can send a catch-up.
+
+        The cadence goes on from the last sample, live or buffered, at the interval the server last asked
+        for: a stream that stops wakes this loop, whose next sample is due one interval after the stream's
+        last (a sleep begun before a welcome changed the interval would otherwise let a short absence go
+        unsampled)."""
+        loop = asyncio.get_running_loop()
+        if self.sampled_at is None:
+            self.sampled_at = loop.time()  # the first sample one interval after start, as a stream's
         while True:
-            await asyncio.sleep(self.metrics_interval)
-            if not self.streaming:
-                self.buffer.add(await self.metrics())
+            self.stream_changed.clear()
+            if self.streaming:
+                await self.stream_changed.wait()
+                continue
+            wait = self.sampled_at + self.metrics_interval - loop.time()
+            if wait > 0:
+                try:
+                    async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel on 3.11
+                        await self.stream_changed.wait()
+                except TimeoutError:
+                    pass
+                continue  # look again: a stream may have started, or stopped with a new interval
+            sample = await self.metrics()
+            self.sampled_at = loop.time()
+            if not self.streaming:  # a stream that began meanwhile has sent its catch-up already
+                self.buffer.add(sample)

@@ -39,7 +39,7 @@ def Text(max_length: int, min_length: int = 0):  # noqa: N802 - a type factory, 
     return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(_text)]
 
 
-NodeKindName = Literal["gpu_server", "edge_device"]
+NodeKindName = Literal["gpu_server", "edge_device", "cpu_node"]
 Str = Text(512)
 ShortStr = Text(128)
 NonNegInt = Annotated[int, Field(ge=0, le=MAX_INT)]
@@ -83,6 +83,7 @@ class GpuInfo(_Model):
     driver_version: Text(40) | None = None
     cuda_version: Text(20) | None = None
     mig_mode: bool | None = None
+    interconnect: Text(64) | None = None  # e.g. "xgmi hive 0x5a1b, 16 lanes" (AMD); None where unknown
 
 
 class ModelRef(_Model):

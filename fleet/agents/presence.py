@@ -21,7 +21,7 @@ from fleet import events
 from fleet.agent.protocol import Hello
 from fleet.hub import commands as hub_commands
 from fleet.inventory import runtimes, summary
-from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
+from fleet.inventory.models import Gpu, GpuState, Node, NodeKind, NodeStatus
 from fleet.inventory.services import publish_node, set_status
 from fleet.lib.errors import FieldError
 from fleet.telemetry import records as telemetry_records
@@ -49,7 +49,9 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         node.disk_bytes = host.disk_bytes
         node.agent_version = hello.agent_version
         node.gpu_note = (hello.gpu_note or "")[:300]
-        if host.kind:
+        if host.kind and not (node.kind == NodeKind.EDGE_DEVICE and host.kind != NodeKind.EDGE_DEVICE):
+            # The agent types the node by what it finds (GPUs, a Jetson, neither); "edge device" is
+            # about where a node stands, so an edge box with a discrete GPU or none stays an edge device.
             node.kind = host.kind
         if host.labels:
             node.labels = {**node.labels, **host.labels}

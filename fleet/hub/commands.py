@@ -137,10 +137,14 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
     if state is None:
         log.warning("node %s reported unknown state %r for %s", node_id, event.state, event.command_id)
         return None
-    command = NodeCommand.objects.filter(node_id=node_id, command_id=event.command_id).first()
-    if command is None:
+    try:  # the node comes along for the audit row; no ordering: command_id is unique
+        command = NodeCommand.objects.select_related("node").get(node_id=node_id, command_id=event.command_id)
+    except NodeCommand.DoesNotExist:
         return None
     final = state in _final_states(command)
+    if final and command.finished_at is not None and command.state == state:
+        return command  # a result resent after a reconnect: recorded once (a replayed "active" must not
+        # flip the node's installs back after it moved on)
     now = time.monotonic()
     if not final and state == command.state and now - _last_progress.get(command.command_id, 0) < PROGRESS_WRITE_EVERY:
         return command  # a progress tick: at most one write per second per command
@@ -148,7 +152,8 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
     if final:
         _last_progress.pop(command.command_id, None)
     error = (event.error or "")[:500] if state == CommandState.FAILED else ""
-    fields: dict[str, Any] = {"state": state, "error": error}
+    # updated_at by hand (.update() skips auto_now): the rollout driver tells fresh download progress by it
+    fields: dict[str, Any] = {"state": state, "error": error, "updated_at": timezone.now()}
     if event.bytes_done is not None:
         fields["bytes_done"] = event.bytes_done
     if event.bytes_total:
@@ -172,7 +177,8 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
                          repo=command.repo, sha=command.sha, command=command.command_id,
                          **({"error": fields["error"]} if fields["error"] else {}))
         events.publish(events.node_live_group(node_id), {"type": "live.message", "payload": {"kind": "models"}})
-    command.refresh_from_db()
+    for name, value in fields.items():  # what the row now holds: no re-read
+        setattr(command, name, value)
     return command
 
 
@@ -186,10 +192,10 @@ def _apply_install(command: NodeCommand, state: str) -> None:
     if state == CommandState.ACTIVE:
         NodeInstall.objects.filter(node_id=node_id, repo=repo, state=InstallState.ACTIVE).exclude(sha=sha).update(
             state=InstallState.STAGED)
-    NodeInstall.objects.update_or_create(
-        node_id=node_id, repo=repo, sha=sha,
-        defaults={"state": InstallState.ACTIVE if state == CommandState.ACTIVE else InstallState.STAGED,
-                  "version": command.version})
+    install = NodeInstall(node_id=node_id, repo=repo, sha=sha, version_id=command.version_id,
+                          state=InstallState.ACTIVE if state == CommandState.ACTIVE else InstallState.STAGED)
+    NodeInstall.objects.bulk_create([install], update_conflicts=True, unique_fields=["node", "repo", "sha"],
+                                    update_fields=["state", "version", "updated_at"])  # one upsert
 
 
 def record_inventory(node_id: int, installed: list[protocol.ModelRef], active: list[protocol.ModelRef]) -> None:
@@ -260,6 +266,7 @@ def ensure(actor: Any, items: list[tuple[Node | int, str, ModelVersion, str]], *
             prompt=check["prompt"] if probe else "", expect=(check.get("expect") or "") if probe else "",
             timeout=float(check.get("timeout") or 60.0) if probe else 60.0))
     NodeCommand.objects.bulk_create(new)
-    for command in new:  # logged by the caller (RolloutEvent rows); the operator's act is in the audit log
-        events.publish(events.node_group(command.node_id), {"type": "agent.command", "command_id": command.command_id})
+    # logged by the caller (RolloutEvent rows); the operator's act is in the audit log
+    events.publish_many([(events.node_group(command.node_id),
+                          {"type": "agent.command", "command_id": command.command_id}) for command in new])
     return [command.command_id for command in new]

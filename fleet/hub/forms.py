@@ -8,6 +8,7 @@ from django import forms
 
 from fleet.hub import store
 from fleet.hub.models import ApprovalState, ModelVersion
+from fleet.hub.reach import unreachable_reason
 from fleet.inventory.models import Node, NodeStatus
 
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
@@ -57,9 +58,23 @@ class AddModelForm(forms.Form):
         return patterns
 
 
+class NodeSelect(forms.Select):
+    """Node options read "gpu-01 · Online"; an offline node's option is disabled, with the reason as its title."""
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        node = getattr(value, "instance", None)
+        if node is not None:
+            option["attrs"]["data-status"] = node.status
+            reason = unreachable_reason(node)
+            if reason:
+                option["attrs"].update(disabled=True, title=reason)
+        return option
+
+
 class DeployForm(forms.Form):
     node = forms.ModelChoiceField(queryset=Node.objects.exclude(status=NodeStatus.REVOKED).order_by("name"),
-                                  empty_label="Choose a node")
+                                  empty_label="Choose a node", widget=NodeSelect)
     version = forms.ModelChoiceField(queryset=ModelVersion.objects.filter(approval=ApprovalState.APPROVED)
                                      .select_related("model").order_by("model__repo_id", "-created_at"),
                                      empty_label="Choose a version")
@@ -67,4 +82,6 @@ class DeployForm(forms.Form):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["node"].label_from_instance = lambda n: f"{n.name} · {n.get_status_display()}" + (
+            " (must reconnect first)" if unreachable_reason(n) else "")
         self.fields["version"].label_from_instance = lambda v: f"{v.model.repo_id} · {v.revision} · {v.sha[:12]}"

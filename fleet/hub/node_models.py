@@ -6,6 +6,7 @@ from typing import Any
 
 from fleet.hub.forms import DeployForm
 from fleet.hub.models import NodeCommand, NodeInstall
+from fleet.hub.reach import unreachable_reason
 
 RECENT_COMMANDS = 10
 
@@ -19,4 +20,5 @@ def node_models_context(node: Any, user: Any) -> dict[str, Any]:
         "recent": list(NodeCommand.objects.filter(node=node).select_related("version")[:RECENT_COMMANDS]),
         "deploy_form": DeployForm(initial={"node": node.pk}) if operator else None,
         "operator": operator,
+        "unreachable": unreachable_reason(node),  # Deploy here, Activate and Remove are disabled with it
     }

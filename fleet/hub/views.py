@@ -17,6 +17,8 @@ from fleet.accounts.permissions import operator_required, viewer_required
 from fleet.hub import catalog, commands, services, store, upstream
 from fleet.hub.forms import AddModelForm, DeployForm
 from fleet.hub.models import CommandKind, ModelVersion, NodeCommand, NodeInstall
+from fleet.hub.reach import unreachable_reason
+from fleet.hub.version_nodes import version_nodes_context
 from fleet.inventory.models import Node
 from fleet.lib.errors import FieldError
 from fleet.lib.http import paginate, safe_next
@@ -107,11 +109,11 @@ def version_detail(request: HttpRequest, pk: int) -> HttpResponse:
     waiting = [f.blob for f in files if f.blob.retrying and f.blob.next_attempt_at]
     next_retry = min(waiting, key=lambda blob: blob.next_attempt_at) if waiting else None
     current = catalog.current_version(version.model)
-    installs = list(version.installs.select_related("node").order_by("-state", "node__name"))
     recent = list(NodeCommand.objects.filter(version=version).select_related("node", "created_by")[:50])
     deploy_form = DeployForm(initial={"version": version.pk}) if request.user.has_role("operator") else None
     return render(request, "hub/version_detail.html", {
-        "version": version, "files": files, "installs": installs, "recent": recent, "deploy_form": deploy_form,
+        **version_nodes_context(version, request.user),
+        "version": version, "files": files, "recent": recent, "deploy_form": deploy_form,
         "next_retry": next_retry, "max_attempts": settings.FLEET_HUB_SYNC_MAX_ATTEMPTS,
         "is_current": current is not None and current.pk == version.pk, "current": current,
         "is_default": version.model.default_version_id == version.pk,
@@ -171,6 +173,9 @@ def deploy(request: HttpRequest) -> HttpResponse:
                 messages.error(request, f"{field}: {error}")
         return redirect(safe_next(request, fallback))
     node, version = form.cleaned_data["node"], form.cleaned_data["version"]
+    if reason := unreachable_reason(node):
+        messages.error(request, f"node: {reason}")
+        return redirect(safe_next(request, fallback))
     try:
         commands.create(request.user, node, CommandKind.DEPLOY, version, activate=form.cleaned_data["activate"])
     except FieldError as error:
@@ -193,6 +198,9 @@ def node_command(request: HttpRequest, node_pk: int, kind: str) -> HttpResponse:
         version = ModelVersion.objects.select_related("model").get(pk=parse_id(request.POST.get("version", "")))
     except (ValueError, ModelVersion.DoesNotExist):
         messages.error(request, "version: choose a registered model version")
+        return redirect(safe_next(request, fallback))
+    if reason := unreachable_reason(node):
+        messages.error(request, f"node: {reason}")
         return redirect(safe_next(request, fallback))
     try:
         commands.create(request.user, node, kind, version)

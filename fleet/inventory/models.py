@@ -10,6 +10,7 @@ from fleet.lib.choices import ColouredChoices
 class NodeKind(models.TextChoices):
     GPU_SERVER = "gpu_server", "GPU server"
     EDGE_DEVICE = "edge_device", "Edge device"
+    CPU_NODE = "cpu_node", "CPU node"
 
 
 class NodeStatus(ColouredChoices):

@@ -18,6 +18,7 @@ def fleet_summary() -> dict[str, Any]:
         revoked=Count("id", filter=Q(status=NodeStatus.REVOKED)),
         gpu_servers=Count("id", filter=Q(kind="gpu_server")),
         edge_devices=Count("id", filter=Q(kind="edge_device")),
+        cpu_nodes=Count("id", filter=Q(kind="cpu_node")),
     )
     gpus = Gpu.objects.filter(state=GpuState.PRESENT).aggregate(
         total=Count("id"),

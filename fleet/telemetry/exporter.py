@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -30,7 +30,7 @@ from fleet.telemetry.models import Alert, AlertSeverity
 from fleet.telemetry.store import get_store
 
 MIB = 1024 * 1024
-LABELS = ["gpu", "UUID", "modelName", "Hostname"]
+LABELS = ["gpu", "UUID", "modelName", "Hostname", "node"]  # node: Fleet's node name (hostnames may repeat)
 # (DCGM name, help, sample field, scale to DCGM's unit)
 DCGM_FIELDS: list[tuple[str, str, str, float]] = [
     ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "utilization_gpu", 1),
@@ -48,6 +48,15 @@ DCGM_FIELDS: list[tuple[str, str, str, float]] = [
 ]
 
 
+# Series of the layers above telemetry (rollouts), registered by their apps: callables yielding families.
+EXTRA_FAMILIES: list[Callable[[], Iterable[Metric]]] = []
+
+
+def add_families(source: Callable[[], Iterable[Metric]]) -> None:
+    if source not in EXTRA_FAMILIES:
+        EXTRA_FAMILIES.append(source)
+
+
 class FleetCollector:
     """A prometheus_client collector built per scrape from the database and the telemetry store.
     ``names`` (``?name[]=…``, as prometheus_client's own exposition) limits it to those families."""
@@ -59,7 +68,8 @@ class FleetCollector:
         store = get_store()
         counters = store.counters()
         nodes = {n["id"]: n for n in Node.objects.values("id", "name", "hostname", "status", "last_seen")}
-        families: Iterator[Metric] = itertools.chain(self._fleet(nodes, counters), gateway_stats.families())
+        families: Iterator[Metric] = itertools.chain(self._fleet(nodes, counters), gateway_stats.families(),
+                                                     *(source() for source in EXTRA_FAMILIES))
         if not self.names or any(name.startswith("DCGM_") for name in self.names):
             latest = store.latest_all()
             models = {(g["node_id"], g["uuid"]): g["name"] for g in Gpu.objects.values("node_id", "uuid", "name")}
@@ -80,7 +90,8 @@ class FleetCollector:
             for gpu in frame.get("gpus", []):
                 if gpu.get("lost"):
                     continue  # DCGM stops exporting a GPU it cannot read
-                labels = [str(gpu["index"]), gpu["uuid"], models.get((node_id, gpu["uuid"]), ""), hostname]
+                model = models.get((node_id, gpu["uuid"]), "")
+                labels = [str(gpu["index"]), gpu["uuid"], model, hostname, node["name"]]
                 for name, _, field, scale in DCGM_FIELDS:
                     value = gpu.get(field)
                     if value is not None:

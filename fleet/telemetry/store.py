@@ -51,6 +51,12 @@ class LocalStore:
         return {nid: json.loads(live.latest_json()) for nid, live in self.telemetry.nodes.items()
                 if live.latest is not None}
 
+    def latest_of(self, node_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """The latest frames of these nodes only (sync: the node list reads one page's worth)."""
+        nodes = self.telemetry.nodes
+        return {nid: json.loads(nodes[nid].latest_json()) for nid in node_ids
+                if nid in nodes and nodes[nid].latest is not None}
+
     def snapshot(self, node_id: int) -> tuple[str | None, str]:
         """(latest JSON or None, window JSON) of one node, for a page's first paint."""
         live = self.telemetry.nodes.get(node_id)
@@ -144,6 +150,12 @@ class RedisStore:
 
     def latest_all(self) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.sync.hgetall(self.key("latest")).items()}
+
+    def latest_of(self, node_ids: list[int]) -> dict[int, dict[str, Any]]:
+        if not node_ids:
+            return {}
+        values = self.sync.hmget(self.key("latest"), node_ids)
+        return {nid: json.loads(value) for nid, value in zip(node_ids, values, strict=True) if value}
 
     def snapshot(self, node_id: int) -> tuple[str | None, str]:
         pipe = self.sync.pipeline(transaction=False)

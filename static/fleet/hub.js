@@ -1,4 +1,6 @@
-// Model pages: refresh progress bars (version sync, node commands) every 2 s while anything is moving.
+// Model pages: refresh progress bars (version sync, node commands) every 2 s while anything is moving;
+// on a version page, redraw its "Nodes" box ([data-version-nodes]) when a command beside it changes state,
+// and every 5 s (commands started elsewhere, nodes going offline).
 (function () {
   "use strict";
   const root = document.querySelector("[data-hub-progress-url]");
@@ -16,7 +18,51 @@
       .filter((el) => el.getAttribute("data-final") !== "1")
       .map((el) => el.getAttribute(attr));
   }
+  const NODES_MS = 5000;
+  let nodesTimer = null;
+  function redrawNodes() {
+    nodesTimer = null;
+    const box = document.querySelector("[data-version-nodes]");
+    if (!box) return;
+    fetch(box.getAttribute("data-version-nodes"), { headers: { Accept: "text/html" }, credentials: "same-origin" })
+      .then((response) => (response.ok ? response.text() : null))
+      .then((html) => {
+        if (!html) return;
+        const holder = document.createElement("div");
+        holder.innerHTML = html.trim();
+        const fresh = holder.querySelector("[data-version-nodes]");
+        const current = document.querySelector("[data-version-nodes]");
+        if (fresh && current && fresh.innerHTML !== current.innerHTML) current.replaceWith(fresh);
+      })
+      .catch(() => { /* the next redraw repairs it */ });
+  }
+  function redrawNodesSoon(delay) {
+    if (!nodesTimer) nodesTimer = setTimeout(redrawNodes, delay);
+  }
+  if (document.querySelector("[data-version-nodes]")) {
+    setInterval(() => { if (!document.hidden) redrawNodesSoon(0); }, NODES_MS);
+  }
+  // A node page's model actions follow its node's status (live.js announces pushed nodes as "fleet:node");
+  // the words match fleet/hub/reach.py. Coming back online reloads the node page (live.js).
+  function unreachable(node) {
+    if (node.status === "revoked") return node.name + " is revoked: it can no longer receive commands";
+    if (node.status === "offline") return node.name + " is offline: its agent must reconnect first";
+    return "";
+  }
+  document.addEventListener("fleet:node", (event) => {
+    const node = event.detail || {};
+    const reason = unreachable(node);
+    document.querySelectorAll('[data-needs-node="' + Number(node.id) + '"]').forEach((button) => {
+      button.disabled = Boolean(reason);
+      if (reason) button.title = reason; else button.removeAttribute("title");
+    });
+    document.querySelectorAll('[data-unreachable="' + Number(node.id) + '"]').forEach((el) => { el.textContent = reason; });
+    if (document.querySelector("[data-version-nodes]")) redrawNodesSoon(100);
+  });
   function paint(el, item) {
+    const was = el.getAttribute("data-state");
+    el.setAttribute("data-state", item.state);
+    if (was !== item.state && el.hasAttribute("data-command-progress")) redrawNodesSoon(100);
     const pct = F.percent(item.done, item.total, 100);
     const bar = el.querySelector(".progress");
     if (bar) {

@@ -207,6 +207,7 @@
     switch (message.kind) {
       case "node":
         applyNode(message.node, true);
+        if (message.node) document.dispatchEvent(new CustomEvent("fleet:node", { detail: message.node }));
         applySummary(message.summary);
         break;
       case "summary":

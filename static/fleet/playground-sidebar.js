@@ -104,11 +104,14 @@
   Sidebar.prototype.remove = function (item, id) {
     const self = this;
     const title = item.querySelector(".pg-conversation-title").textContent;
-    if (!window.confirm("Delete \u201c" + title + "\u201d and all its messages? This cannot be undone.")) return;
-    this.api.remove(id).then(function () {
-      self.hooks.deleted(id);
-      self.refresh();
-    }, function (error) { window.alert("Delete failed: " + error.message); });
+    const question = "Delete \u201c" + title + "\u201d and all its messages? This cannot be undone.";
+    window.fleetConfirm(question, "Delete conversation").then(function (yes) {
+      if (!yes) return;
+      self.api.remove(id).then(function () {
+        self.hooks.deleted(id);
+        self.refresh();
+      }, function (error) { window.alert("Delete failed: " + error.message); });
+    });
   };
 
   window.fleetSidebar = Sidebar;

@@ -1,6 +1,11 @@
-/* Small page helpers: copy buttons ([data-copy="#input-id"]) and confirmations (form[data-confirm]);
- * window.fleetFormat, the one way pages write sizes, durations, percentages and numbers (the same
- * strings as fleet/lib/units.py). Loaded first (in <head>, deferred), so every page script may use it. */
+/* Small page helpers, loaded first (in <head>, deferred) so every page script may use them:
+ * - window.fleetFormat: the one way pages write sizes, durations, percentages and numbers (the same
+ *   strings as fleet/lib/units.py);
+ * - relative times that tick: every <time datetime="ISO" data-relative> reads "12 s ago" and is
+ *   rewritten from its absolute timestamp each second (UTC on hover);
+ * - a styled confirmation <dialog> for form[data-confirm="question"] (data-confirm-action names the
+ *   button), and window.fleetConfirm(question, action) → Promise<boolean> for scripts;
+ * - copy buttons ([data-copy="#input-id"]) and filter forms that apply on change (form[data-autosubmit]). */
 (function () {
   "use strict";
 
@@ -94,10 +99,88 @@
     });
   });
 
+  // ---- relative times ---------------------------------------------------------------------------
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function utcText(date) {
+    return date.getUTCFullYear() + "-" + pad(date.getUTCMonth() + 1) + "-" + pad(date.getUTCDate()) + " " +
+      pad(date.getUTCHours()) + ":" + pad(date.getUTCMinutes()) + ":" + pad(date.getUTCSeconds()) + " UTC";
+  }
+
+  function tickTimes() {
+    var now = Date.now();
+    var times = document.querySelectorAll("time[data-relative]");
+    for (var i = 0; i < times.length; i++) {
+      var date = new Date(times[i].getAttribute("datetime"));
+      var text = relative(date, now);
+      if (times[i].textContent !== text) times[i].textContent = text;
+      if (!isNaN(date.getTime()) && times[i].title !== utcText(date)) times[i].title = utcText(date);
+    }
+  }
+  window.fleetFormat.tickTimes = tickTimes;
+  window.fleetFormat.utc = utcText;
+  document.addEventListener("DOMContentLoaded", tickTimes);
+  setInterval(function () { if (!document.hidden) tickTimes(); }, 1000);
+
+  // ---- confirmation dialog --------------------------------------------------------------------------
+  var dialog = null;
+
+  function buildDialog() {
+    dialog = document.createElement("dialog");
+    dialog.className = "confirm-dialog";
+    dialog.setAttribute("aria-labelledby", "confirm-dialog-text");
+    var text = document.createElement("p");
+    text.id = "confirm-dialog-text";
+    text.className = "confirm-text";
+    var actions = document.createElement("form");
+    actions.method = "dialog";
+    actions.className = "confirm-actions";
+    var cancel = document.createElement("button");
+    cancel.value = "cancel";
+    cancel.className = "btn btn-ghost";
+    cancel.textContent = "Cancel";
+    var ok = document.createElement("button");
+    ok.value = "ok";
+    ok.className = "btn btn-danger";
+    ok.setAttribute("data-confirm-ok", "");
+    actions.append(cancel, ok);
+    dialog.append(text, actions);
+    document.body.appendChild(dialog);
+    return dialog;
+  }
+
+  function fleetConfirm(question, action) {
+    var box = dialog || buildDialog();
+    box.querySelector(".confirm-text").textContent = question;
+    box.querySelector("[data-confirm-ok]").textContent = action || "Confirm";
+    box.returnValue = "";
+    return new Promise(function (resolve) {
+      box.addEventListener("close", function () { resolve(box.returnValue === "ok"); }, { once: true });
+      box.showModal();
+      box.querySelector("button[value=cancel]").focus(); // Enter does not confirm by accident
+    });
+  }
+  window.fleetConfirm = fleetConfirm;
+
   document.addEventListener("submit", function (event) {
     var form = event.target;
     var question = form.getAttribute && form.getAttribute("data-confirm");
-    if (question && !window.confirm(question)) event.preventDefault();
+    if (!question) return;
+    if (form.hasAttribute("data-confirmed")) { form.removeAttribute("data-confirmed"); return; }
+    event.preventDefault();
+    var submitter = event.submitter || null;
+    var action = form.getAttribute("data-confirm-action") || (submitter && submitter.textContent.trim());
+    fleetConfirm(question, action).then(function (yes) {
+      if (!yes) return;
+      form.setAttribute("data-confirmed", "");
+      if (form.requestSubmit) form.requestSubmit(submitter); else form.submit();
+    });
+  });
+
+  // ---- filters that apply on change (a search field on Enter or leaving it) ------------------------
+  document.addEventListener("change", function (event) {
+    var form = event.target.form;
+    if (!form || !form.hasAttribute("data-autosubmit")) return;
+    if (form.requestSubmit) form.requestSubmit(); else form.submit();
   });
 
   // Selecting a read-only secret field selects all of it, ready to copy by hand.

@@ -89,13 +89,18 @@ def test_enroll_saves_private_credentials(server, home, capsys):
     assert not list(home.glob(".*tmp"))
 
 
-def test_enroll_without_name_lets_the_server_name_the_node(server, home):
+def test_enroll_without_name_lets_the_server_name_the_node(server, home, monkeypatch):
     import socket
 
+    from fleet.agent import cli
+    from fleet.agent.collectors import HostOnlyCollector, Selection
+
+    # No --kind: the host's collectors type it (here: no accelerator, so a CPU node).
+    monkeypatch.setattr(cli, "select_collector", lambda: Selection(HostOnlyCollector("none"), "none"))
     assert main(["enroll", "--server", server.url, "--token", "good"]) == 0
     body = server.requests[0][2]
     assert body["name"] is None and body["hostname"] == socket.gethostname()
-    assert body["kind"] is None and body["labels"] == {}
+    assert body["kind"] == "cpu_node" and body["labels"] == {}
 
 
 @pytest.mark.parametrize(("token", "message"), [("expired", "enrollment token unknown or expired"),

@@ -295,3 +295,21 @@ def test_real_nvml_never_raises():
         collector.sample()
     finally:
         collector.close()
+
+
+def test_kind_and_selection_follow_what_nvml_sees(nvml):
+    from fleet.agent.collectors import probe_nvml, select_collector
+
+    collector = NvmlCollector()
+    assert collector.host_overrides() == {}  # nothing seen yet
+    collector.inventory()
+    assert collector.host_overrides() == {"kind": "gpu_server"}
+    selection = select_collector({"nvml": probe_nvml})
+    assert selection.used == "nvml" and len(selection.collector.inventory()[0]) == 8
+    nvml.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED  # the driver broke: unsure, not a CPU node
+    selection.collector.close()
+    broken = select_collector({"nvml": probe_nvml})
+    assert broken.used == "none" and "driver not loaded" in broken.skipped["nvml"]
+    assert broken.collector.host_overrides() == {}
+    nvml.init_error = pynvml.NVML_ERROR_LIBRARY_NOT_FOUND  # no NVIDIA stack at all
+    assert select_collector({"nvml": probe_nvml}).collector.host_overrides() == {"kind": "cpu_node"}

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 
 from fleet.agent.collectors import Collector, make_collector
-from fleet.agent.collectors.nvml import NvmlCollector
 from fleet.agent.collectors.simulated import PROFILES, SimulatedCollector
 from fleet.agent.protocol import Metrics, dump, parse_agent_frame
 
@@ -72,11 +71,19 @@ def test_unknown_profile_lists_valid_ones():
 
 def test_jetson_host_overrides():
     collector = make_collector("jetson-orin", seed="edge-1")
-    assert collector.host_overrides() == {"arch": "aarch64", "kind": "edge_device"}
+    assert collector.host_overrides() == {"arch": "aarch64", "kind": "edge_device",
+                                          "hostname": "edge-1.sim.fleet.local"}
     (gpu,), _ = collector.inventory()
     assert gpu.name == "Orin (nvgpu)"
     assert 28 * 2**30 < gpu.memory_total_bytes < 32 * 2**30
-    assert make_collector("cpu-only", seed="x").host_overrides() == {}
+    assert make_collector("cpu-only", seed="x").host_overrides() == {"kind": "cpu_node",
+                                                                     "hostname": "x.sim.fleet.local"}
+
+
+def test_simulated_nodes_have_distinct_hostnames():
+    seeds = ("gpu-01", "gpu-02", "GPU 03")
+    names = {make_collector("h100x8", seed=seed).host_overrides()["hostname"] for seed in seeds}
+    assert names == {"gpu-01.sim.fleet.local", "gpu-02.sim.fleet.local", "gpu-03.sim.fleet.local"}
 
 
 def test_injected_lost_gpu():
@@ -87,7 +94,10 @@ def test_injected_lost_gpu():
     assert [s.index for s in collector.sample(T) if s.lost] == [2]
 
 
-def test_make_collector_without_simulation_is_nvml():
-    collector = make_collector(None, seed="n")
-    assert isinstance(collector, NvmlCollector)
-    assert isinstance(collector, Collector)
+def test_make_collector_without_simulation_selects_a_real_one():
+    collector = make_collector(None, seed="n")  # NVML, AMD, Jetson or host-only: whichever works here
+    try:
+        assert isinstance(collector, Collector)
+        assert not isinstance(collector, SimulatedCollector)
+    finally:
+        collector.close()

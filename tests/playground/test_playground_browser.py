@@ -226,8 +226,12 @@ def test_markdown_edit_and_regenerate(page) -> None:
                            timeout=WAIT)
     assert _saved(page)["title"] == "Greetings"
     page.click(f"{item} [data-delete]")
+    # The styled <dialog> asks (never the browser's confirm()), naming the conversation.
+    page.wait_for_selector("dialog.confirm-dialog[open]", timeout=WAIT)
+    assert "Greetings" in page.text_content("dialog.confirm-dialog .confirm-text")
+    page.click("dialog.confirm-dialog [data-confirm-ok]")
     page.wait_for_selector(item, state="detached", timeout=WAIT)
-    assert page.dialogs and "Greetings" in page.dialogs[-1]
+    assert not page.dialogs
     assert page.evaluate("fleetPlayground.state.conv") is None and not page.locator(".pg-answer").count()
     status = page.evaluate(f"fetch('/playground/api/conversations/{conversation_id}/').then(r => r.status)")
     assert status == 404

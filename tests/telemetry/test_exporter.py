@@ -52,7 +52,7 @@ def test_dcgm_series_and_fleet_series(client, known_node, alice):
     util = families["DCGM_FI_DEV_GPU_UTIL"]
     sample = next(s for s in util.samples if s.labels["gpu"] == "0")
     assert sample.labels == {"gpu": "0", "UUID": "GPU-00000000", "modelName": "NVIDIA H100 80GB HBM3",
-                             "Hostname": "gpu-07.dc1"}
+                             "Hostname": "gpu-07.dc1", "node": "gpu-07"}
     assert sample.value == 55.0
     assert value(util, gpu="1") == 3.0
     assert value(families["DCGM_FI_DEV_MEM_COPY_UTIL"], gpu="0") == 21.0

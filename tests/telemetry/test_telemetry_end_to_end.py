@@ -72,7 +72,10 @@ async def test_production_path_streams_telemetry_across_processes(production_sta
                               90, "GPU series on the other process")
         gpus = {s.labels["gpu"] for s in families["DCGM_FI_DEV_GPU_UTIL"].samples}
         assert gpus == {str(i) for i in range(8)}
-        assert {s.labels["Hostname"] for s in families["DCGM_FI_DEV_GPU_UTIL"].samples} != {""}
+        # A simulated agent names its own host (every demo node on one machine would otherwise be that
+        # machine); the node label carries Fleet's node name.
+        assert {s.labels["Hostname"] for s in families["DCGM_FI_DEV_GPU_UTIL"].samples} == {"prod-node.sim.fleet.local"}
+        assert {s.labels["node"] for s in families["DCGM_FI_DEV_GPU_UTIL"].samples} == {"prod-node"}
         connections = families["fleet_agent_connections"].samples[0].value
         assert connections == 1
         # The simulated XID becomes an alert row (written by the process holding the agent).

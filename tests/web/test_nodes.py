@@ -91,7 +91,7 @@ def test_node_list_row_content(client: Client, charlie, fleet_nodes) -> None:
     page = client.get(reverse("node-list")).content.decode()
     row = page[page.index(f'<tr data-node-id="{node.pk}">'):]
     row = row[: row.index("</tr>")]
-    assert '<span class="badge badge-green" data-node-status>Online</span>' in row
+    assert '<span class="badge badge-green" data-node-status data-status="online">Online</span>' in row
     assert "640.0 GiB" in row and "0.3.1" in row and "gpu-01.lab" in row and "GPU server" in row
     assert re.search(r"<td class=\"num\" data-node-gpu-count>8</td>", row)
     assert "data-node-last-seen" in row and "just now" in row
@@ -139,7 +139,8 @@ def test_node_list_runs_constant_queries(client: Client, charlie, django_assert_
     assert len(small) == len(large)
     with django_assert_max_num_queries(len(small)):
         client.get(reverse("node-list"), {"label": "zone=z", "status": "online", "q": "bulk"})
-    with django_assert_max_num_queries(6):
+    # session, user, count, the page of nodes, their GPUs, their active models, the nav's playground check
+    with django_assert_max_num_queries(7):
         client.get(reverse("node-list"))
 
 
@@ -163,7 +164,7 @@ def test_node_detail_shows_facts_and_lost_gpu(client: Client, charlie, web_node)
     assert lost.uuid in row and '<span class="badge badge-red">Lost</span>' in row
     assert '<tr class="gpu-present" data-gpu-state="present">' in page
     assert f'data-live-topics="node:{node.pk}"' in page
-    assert '<span class="badge badge-green" data-node-status>Online</span>' in page
+    assert '<span class="badge badge-green" data-node-status data-status="online">Online</span>' in page
 
 
 @pytest.mark.django_db

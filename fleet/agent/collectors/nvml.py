@@ -66,6 +66,8 @@ def _scaled(value: float | None, divisor: float) -> float | None:
 
 
 class NvmlCollector:
+    name = "nvml"
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._initialized = False
@@ -293,7 +295,8 @@ class NvmlCollector:
         )
 
     def host_overrides(self) -> dict[str, Any]:
-        return {}
+        # A host whose GPUs NVML sees is a GPU server (the server keeps an edge device an edge device).
+        return {"kind": "gpu_server"} if self._uuids else {}
 
     def close(self) -> None:
         with self._lock:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.agent.collectors.faults import OVERHEAT_C, Fault
+from fleet.agent.collectors.jetson import JETSON_FIELDS
 from fleet.agent.protocol import GpuInfo, GpuProcess, GpuSample
 
 MIB = 1024 * 1024
@@ -38,6 +40,7 @@ class Profile:
     ecc: bool = True
     host: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    reports: frozenset[str] | None = None  # the GpuSample fields the real collector fills (None: all)
 
 
 PROFILES: dict[str, Profile] = {
@@ -48,12 +51,19 @@ PROFILES: dict[str, Profile] = {
     "l40sx4": Profile("NVIDIA L40S", 4, 46068, "550.54.15", "12.4", 35, 350, 2520, 9001, mig=None,
                       host={"kind": "gpu_server"}),
     "jetson-orin": Profile("Orin (nvgpu)", 1, 30697, "540.3.0", "12.2", 5, 50, 1301, 3199, mig=None,
-                           fan=True, ecc=False, host={"arch": "aarch64", "kind": "edge_device"}),
-    "cpu-only": Profile("", 0, 0, None, None, 0, 0, 0, 0,
+                           fan=True, ecc=False, host={"arch": "aarch64", "kind": "edge_device"},
+                           reports=JETSON_FIELDS),
+    "cpu-only": Profile("", 0, 0, None, None, 0, 0, 0, 0, host={"kind": "cpu_node"},
                         note="simulated profile cpu-only has no GPUs: reporting 0 GPUs"),
 }
 
 PATTERNS = ("idle", "busy", "bursty")
+
+
+def simulated_hostname(seed: str) -> str:
+    """``gpu-01`` → ``gpu-01.sim.fleet.local``: a DNS-shaped name derived from the node's name (the seed)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", seed.lower()).strip("-")[:63] or "node"
+    return f"{label}.sim.fleet.local"
 
 
 def _unit(*parts: object) -> float:
@@ -173,6 +183,10 @@ class SimulatedCollector:
                 ecc_uncorrected=0 if p.ecc else None,
                 processes=processes,
             )
+            if p.reports is not None:  # what the real collector cannot see stays None, as there
+                sample = sample.model_copy(update={
+                    name: [] if name == "processes" else None for name in GpuSample.model_fields
+                    if name not in p.reports | {"index", "uuid", "lost", "xids"}})
             samples.append(self._faulty(sample, faults.get(i, ())))
         return samples
 
@@ -189,7 +203,9 @@ class SimulatedCollector:
         return sample.model_copy(update=changes) if changes else sample
 
     def host_overrides(self) -> dict[str, Any]:
-        return dict(self.profile.host)
+        """The profile's host facts and a simulated hostname of its own: every simulated node on one machine
+        would otherwise report that machine's name, and /metrics' Hostname could not tell them apart."""
+        return {**self.profile.host, "hostname": simulated_hostname(self.seed)}
 
     def close(self) -> None:
         pass

@@ -11,10 +11,10 @@ from fleet.hub.models import ModelVersion
 from fleet.hub.node_models import node_models_context
 from fleet.inventory.models import Node, NodeCredential, NodeRuntime
 from fleet.inventory.queries import node_payload, with_gpu_counts
-from fleet.lib.http import paginate
 from fleet.lib.ids import parse_id_list
 from fleet.rollouts import overview as rollout_overview
 from fleet.telemetry.models import Alert
+from fleet.web import node_table
 from fleet.web.forms import NodeFilterForm
 
 NODES_PER_PAGE = 50
@@ -23,23 +23,39 @@ MAX_STATE_IDS = 200
 
 @viewer_required
 def node_list(request: HttpRequest) -> HttpResponse:
+    """The filtered, sorted node list. ``?partial=rows`` answers only the table body: the open page
+    fetches it when a node it does not show appears (enrolled) and to refresh the current load."""
     form = NodeFilterForm(request.GET)
-    nodes = with_gpu_counts(Node.objects.all()).order_by("name")
+    sort, descending = node_table.parse_sort(request.GET.get("sort"))
     filter_ok = form.is_valid()
-    if filter_ok:
-        nodes = form.apply(nodes)
-    else:
+    nodes = form.apply(Node.objects.all()) if filter_ok else Node.objects.none()
+    page = node_table.node_page(request, nodes, sort, descending, NODES_PER_PAGE)
+    if not filter_ok and request.GET.get("partial") != "rows":
         # A wrong filter shows no rows rather than an unfiltered list the user would misread.
         for field, errors in form.errors.items():
             for error in errors:
                 messages.error(request, error if field == "label" else f"{field}: {error}")
-        nodes = nodes.none()
-    page = paginate(request, nodes, NODES_PER_PAGE)
-    return render(
-        request,
-        "web/node_list.html",
-        {"form": form, "page": page, "filter_ok": filter_ok, "live_topics": "fleet"},
-    )
+    context = {"form": form, "page": page, "filter_ok": filter_ok, "live_topics": "fleet",
+               "columns": _headers(request, sort, descending), "column_count": len(node_table.COLUMNS)}
+    if request.GET.get("partial") == "rows":
+        return render(request, "web/_node_rows.html", context)
+    return render(request, "web/node_list.html", context)
+
+
+def _headers(request: HttpRequest, sort: str, descending: bool) -> list[dict]:
+    """Each column's header: its label and the link that sorts by it (again: the other way round)."""
+    query = request.GET.copy()
+    query.pop("page", None)
+    query.pop("partial", None)
+    headers = []
+    for column in node_table.COLUMNS:
+        current = column.key == sort
+        desc = (not descending) if current else column.first_desc
+        query["sort"] = ("-" if desc else "") + column.key
+        headers.append({"key": column.key, "label": column.label, "numeric": column.numeric,
+                        "url": "?" + query.urlencode(),
+                        "aria_sort": ("descending" if descending else "ascending") if current else ""})
+    return headers
 
 
 @viewer_required
