@@ -185,7 +185,8 @@ def database_counts(stack: Stack) -> dict[str, int]:
         "nodes.total": sum(status.values()), "nodes.online": status.get("online", 0),
         "nodes.offline": status.get("offline", 0), "nodes.never_seen": status.get("never_seen", 0),
         "nodes.revoked": status.get("revoked", 0), "nodes.gpu_servers": kinds.get("gpu_server", 0),
-        "nodes.edge_devices": kinds.get("edge_device", 0), "gpus.total": present, "gpus.online": on_online,
+        "nodes.edge_devices": kinds.get("edge_device", 0), "nodes.cpu_nodes": kinds.get("cpu_node", 0),
+        "gpus.total": present, "gpus.online": on_online,
         "gpus_lost": stack.query("SELECT COUNT(*) FROM inventory_gpu WHERE state = 'lost'")[0][0],
         "gpus.memory_bytes": int(memory),
     }
@@ -241,8 +242,13 @@ def test_overview_counts_follow_the_database_without_reload(stack: Stack, tmp_pa
                 agents.append(b.run("--simulate", "jetson-orin"))
                 counts_agree(page, "an edge device joining", online=2)
 
+                c, _ = enroll(stack, tmp_path, "count-cpu")
+                agents.append(c.run("--simulate", "cpu-only"))
+                counts_agree(page, "a CPU node joining", online=3)
+                c.kill()
+
                 a.kill()
-                counts_agree(page, "killing an agent (offline)", online=1)
+                counts_agree(page, "killing two agents (offline)", online=1)
 
                 operator = open_page(browser, base, "otto", [], errors)
                 operator.goto(f"{base}/nodes/{b_id}/")
@@ -291,7 +297,7 @@ def test_overview_counts_follow_the_database_without_reload(stack: Stack, tmp_pa
     finally:
         for agent in agents:
             agent.kill()
-    assert len(checks) == 8
+    assert len(checks) == 9
     assert not errors, errors
 
 
