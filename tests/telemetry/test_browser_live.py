@@ -163,6 +163,12 @@ def test_killed_agent_turns_to_no_data_on_open_pages(stack: Stack, tmp_path) -> 
                                        timeout=60000)
                 node.wait_for_function("() => fleetTelemetry.charts()[0].data[1].indexOf(null) > 0", timeout=30000)
                 assert node.is_hidden("[data-nodata-banner]")
+                # 800 px wide: the panels fit (the charts shrink to one column), nothing is cut.
+                node.set_viewport_size({"width": 800, "height": 1000})
+                node.wait_for_timeout(500)
+                assert node.evaluate("() => [...document.querySelectorAll('[data-metric-panel]')].every(p =>"
+                                     " p.getBoundingClientRect().right <= document.documentElement.clientWidth)")
+                screenshot(node, "node-800px")
             finally:
                 browser.close()
     finally:
