@@ -27,12 +27,13 @@ def test_is_live_needs_an_online_node_and_a_recent_frame(settings):
         assert not is_live(status, now, now)
 
 
+@pytest.mark.parametrize("role", ["charlie", "bob", "alice"])  # viewer, operator, admin: all see the same
 @pytest.mark.parametrize("status", [NodeStatus.ONLINE, NodeStatus.OFFLINE, NodeStatus.REVOKED])
-def test_pages_and_metrics_agree_on_what_is_live(client, charlie, known_node, settings, status):  # noqa: F811
+def test_pages_and_metrics_agree_on_what_is_live(client, request, known_node, settings, status, role):  # noqa: F811
     settings.FLEET_METRICS_ALLOW = (ipaddress.ip_network("127.0.0.1/32"),)
     Node.objects.filter(pk=known_node.pk).update(status=status)
     frame_ts = live_telemetry.nodes[known_node.pk].ts
-    client.force_login(charlie)
+    client.force_login(request.getfixturevalue(role))
     live = status == NodeStatus.ONLINE
 
     snap = client.get(f"/nodes/{known_node.pk}/telemetry/live/").json()
