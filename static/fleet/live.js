@@ -37,13 +37,6 @@
   var formatBytes = window.fleetFormat.bytes;
   var formatRelative = window.fleetFormat.relative;
 
-  function refreshRelativeTimes() {
-    var times = document.querySelectorAll("time[data-relative]");
-    for (var i = 0; i < times.length; i++) {
-      times[i].textContent = formatRelative(new Date(times[i].getAttribute("datetime")));
-    }
-  }
-
   function timeElement(iso) {
     if (!iso) {
       var never = document.createElement("span");
@@ -321,7 +314,7 @@
     if (event.persisted && !socket) connect(); // restored from the back/forward cache
   });
 
-  setInterval(refreshRelativeTimes, 15000);
+  // (relative times tick in ui.js, every second, from their datetime attribute)
   window.fleetLive = { handle: handle, subscribe: subscribe, unsubscribe: unsubscribe, on: on };
   if (!("WebSocket" in window)) return;
   setState("connecting");
