@@ -1,9 +1,12 @@
-"""Response hardening for every page: a Content-Security-Policy."""
+"""Response hardening for every page (a Content-Security-Policy), and static files in the embedded default."""
 
 from __future__ import annotations
 
+import os
+
 from django.http import HttpRequest, HttpResponse
 from django.utils.deprecation import MiddlewareMixin
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 # Scripts only from Fleet's own static files (no inline script or event handler anywhere, no CDN); no
 # remote images, fonts or connections; nothing may frame the pages. Styles allow inline attributes for
@@ -27,3 +30,13 @@ class SecurityHeadersMiddleware(MiddlewareMixin):
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response
 
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise serving the static files of every app (the Django admin's included) in the embedded
+    default, found through the staticfiles finders; production's nginx serves STATIC_ROOT before Fleet
+    sees the request. Quiet about a STATIC_ROOT that `collectstatic` has not created."""
+
+    def add_files(self, root: str, prefix: str | None = None) -> None:
+        if os.path.isdir(root):
+            super().add_files(root, prefix)
