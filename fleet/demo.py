@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -210,43 +209,6 @@ def server_command(host: str, port: int) -> tuple[list[str], str]:
 def server_env() -> dict[str, str]:
     """The server's environment: warnings and errors only on the terminal, unless FLEET_LOG_LEVEL says."""
     return {"FLEET_LOG_LEVEL": "WARNING", **os.environ}
-
-
-class StopSignals:
-    """SIGINT and SIGTERM set ``event``, from a thread of their own.
-
-    A Python signal handler runs in the main thread between bytecodes, possibly while that thread is inside
-    ``event.wait()`` holding the event's (non-reentrant) lock: a handler that calls ``event.set()`` then
-    deadlocks. Here the handler does nothing; the interpreter writes the signal number to a wakeup socket,
-    and a watcher thread reads it and sets the event."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-        self._reader, self._writer = socket.socketpair()
-        self._writer.setblocking(False)
-        self._previous_fd = -1
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _ignore)
-        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, name="demo-signals", daemon=True).start()
-
-    def _watch(self) -> None:
-        try:
-            if self._reader.recv(1):
-                self.event.set()
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(self._previous_fd)
-        self._writer.close()
-        self._reader.close()
-
-
-def _ignore(signum: int, frame: object) -> None:
-    """The wakeup socket (StopSignals) carries the signal; the handler itself must not take any lock."""
 
 
 def start_agent(node: DemoNode) -> subprocess.Popen:

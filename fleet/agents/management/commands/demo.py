@@ -15,6 +15,7 @@ from fleet.hub.demo_model import DEMO_REPO, publish_demo_model, publish_smollm2,
 from fleet.hub.models import ModelVersion
 from fleet.inventory.models import NodeKind
 from fleet.lib.env import ConfigError, env_int
+from fleet.lib.stopsignals import StopSignals
 from fleet.lib.units import format_bytes
 
 
@@ -42,8 +43,7 @@ class Command(BaseCommand):
         server = f"http://{host}:{port}"
         processes: list[subprocess.Popen] = []
         stop = threading.Event()
-        signals = demo.StopSignals(stop)
-        signals.install()
+        signals = StopSignals(stop).install()  # a handler calling stop.set() could deadlock: see there
         try:
             # SmolLM2's one-time conversion (a child process) runs while the server starts and nodes enroll.
             converting = ThreadPoolExecutor(1, thread_name_prefix="smollm2").submit(
