@@ -43,8 +43,8 @@ class Demo:
 
 @contextlib.contextmanager
 def running_demo(tmp_path: Path, demo_models: Path, **env: str) -> Iterator[Demo]:
-    """The demo on a free port in ``tmp_path``, up once it printed its banner; killed (the whole process
-    group) afterwards if the test did not stop it."""
+    """The demo on a free port in ``tmp_path``, up once it printed its banner; stopped with SIGTERM (or its
+    process group killed) afterwards if the test did not stop it."""
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))},
@@ -65,4 +65,8 @@ def running_demo(tmp_path: Path, demo_models: Path, **env: str) -> Iterator[Demo
         yield Demo(f"http://127.0.0.1:{port}", process, log_path, environment)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.send_signal(signal.SIGTERM)  # the demo stops its server and agents (own sessions) too
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

@@ -79,7 +79,7 @@ def _bad_node() -> HttpResponse:
 
 
 def _alerts(request: HttpRequest):
-    alerts = Alert.objects.select_related("node").order_by("-opened_at", "-id")
+    alerts = Alert.objects.select_related("node", "acknowledged_by", "silenced_by").order_by("-opened_at", "-id")
     state = request.GET.get("state", "")
     if state == "open":
         alerts = alerts.filter(resolved_at__isnull=True)
