@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,6 +173,42 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen) -> None:
         except OSError:
             time.sleep(0.3)
     raise DemoError(f"the server did not answer {url} within {timeout:.0f}s")
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse to start when something already listens on ``host:port`` (another demo, most likely): its
+    server would answer our readiness probe, and our agents would displace that demo's."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise DemoError(f"cannot resolve {host}: {error}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does: TIME_WAIT is no owner
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise DemoError(f"port {port} on {host} is already in use ({error.strerror}): is another `make demo` "
+                            "running? Stop it, or pick another port with FLEET_DEMO_PORT or --port") from None
+
+
+def server_command(host: str, port: int) -> tuple[list[str], str]:
+    """Daphne's command line and where its per-request access log goes: ``var/demo/access.log``, or the
+    terminal with FLEET_DEMO_ACCESS_LOG=1."""
+    if os.environ.get("FLEET_DEMO_ACCESS_LOG", "").strip().lower() in {"1", "true", "yes", "on"}:
+        target = "-"
+    else:
+        folder = settings.VAR_DIR / "demo"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = str(folder / "access.log")
+    command = [sys.executable, "-m", "fleet.serve", "-b", host, "-p", str(port), "--access-log", target,
+               "fleet.asgi:application"]
+    return command, target
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment: warnings and errors only on the terminal, unless FLEET_LOG_LEVEL says."""
+    return {"FLEET_LOG_LEVEL": "WARNING", **os.environ}
 
 
 def start_agent(node: DemoNode) -> subprocess.Popen:

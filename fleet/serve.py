@@ -1,5 +1,5 @@
 """`python -m fleet.serve [daphne options] fleet.asgi:application`: Daphne's own command line, with one
-protocol option changed.
+protocol option changed (and one expected warning kept off the terminal).
 
 Autobahn, under Daphne, fails a connection by dropping TCP (``failByDrop``): a frame over the
 websocket message limit (1 MiB, Daphne's default) then reaches the agent as an abnormal close with no
@@ -10,6 +10,7 @@ code, and it cannot tell why. With ``failByDrop=False`` it sends the close frame
 from __future__ import annotations
 
 import sys
+import warnings
 
 from daphne import server as daphne_server
 from daphne.cli import CommandLineInterface
@@ -23,6 +24,9 @@ class _ClosingWebSocketFactory(WebSocketFactory):
 
 def main(argv: list[str] | None = None) -> None:
     daphne_server.WebSocketFactory = _ClosingWebSocketFactory
+    # Static files (WhiteNoise, small) are file iterators that Django's ASGI handler reads in a thread: it
+    # warns about that on the first one, which is expected here and not something to put on the terminal.
+    warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
     CommandLineInterface().run(sys.argv[1:] if argv is None else argv)
 
 

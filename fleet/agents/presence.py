@@ -22,7 +22,7 @@ from fleet.agent.protocol import Hello
 from fleet.hub import commands as hub_commands
 from fleet.inventory import runtimes, sites, summary
 from fleet.inventory.models import Gpu, GpuState, Node, NodeKind, NodeStatus, SiteCache
-from fleet.inventory.services import set_status
+from fleet.inventory.services import publish_node, set_status
 from fleet.lib.errors import FieldError
 from fleet.telemetry import records as telemetry_records
 
@@ -59,7 +59,8 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         node.save()
         changed_site = sites.register(node, hello.site_cache)
         _upsert_gpus(node, hello, now)
-        set_status(node.pk, NodeStatus.ONLINE, last_seen=now)
+        if not set_status(node.pk, NodeStatus.ONLINE, last_seen=now):
+            publish_node(node)  # GPUs, memory or kind may have changed with the status unchanged
         hub_commands.record_inventory(node.pk, hello.installed, hello.active)
         runtimes.replace_runtimes(node.pk, hello.serving, now)
         # Facts and GPUs may have changed even when the status did not: open node pages redraw.

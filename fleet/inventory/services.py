@@ -230,6 +230,11 @@ def set_status(
     return bool(changed)
 
 
+def publish_node(node: Node) -> None:
+    """Tell browsers a node changed (its GPUs, memory or kind) when its status did not."""
+    _publish_node(node)
+
+
 def _publish_node(node: Node) -> None:
     # Build the payload after commit, so it reflects what was committed, not this snapshot.
     def send() -> None:

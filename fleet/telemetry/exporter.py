@@ -25,6 +25,7 @@ from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.lib.cidrs import address_allowed
 from fleet.lib.http import request_bearer
 from fleet.telemetry import gateway_stats
+from fleet.telemetry.freshness import is_live
 from fleet.telemetry.models import Alert, AlertSeverity
 from fleet.telemetry.store import get_store
 
@@ -56,11 +57,6 @@ def add_families(source: Callable[[], Iterable[Metric]]) -> None:
         EXTRA_FAMILIES.append(source)
 
 
-def stale_after() -> float:
-    """Latest values older than this are not exported (the node stopped reporting)."""
-    return max(30.0, 2 * settings.FLEET_OFFLINE_AFTER)
-
-
 class FleetCollector:
     """A prometheus_client collector built per scrape from the database and the telemetry store.
     ``names`` (``?name[]=…``, as prometheus_client's own exposition) limits it to those families."""
@@ -85,11 +81,11 @@ class FleetCollector:
     def _dcgm(self, latest: dict[int, dict[str, Any]], nodes: dict[int, dict], models: dict) -> Iterator[Metric]:
         families = {name: GaugeMetricFamily(name, text, labels=LABELS) for name, text, _, _ in DCGM_FIELDS}
         free = GaugeMetricFamily("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", labels=LABELS)
-        cutoff = time.time() - stale_after()
+        now = time.time()
         for node_id in sorted(latest):
             frame, node = latest[node_id], nodes.get(node_id)
-            if node is None or frame.get("ts", 0) < cutoff:
-                continue
+            if node is None or not is_live(node["status"], frame.get("ts"), now):
+                continue  # offline, revoked or silent: the pages say "no data since", /metrics says nothing
             hostname = node["hostname"] or node["name"]
             for gpu in frame.get("gpus", []):
                 if gpu.get("lost"):

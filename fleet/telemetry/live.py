@@ -132,26 +132,29 @@ class NodeLive:
         return self._json
 
     def heat(self) -> list[list[Any]]:
-        """Per GPU [index, util %, memory %, temperature] for the fleet heatmap (None when unknown)."""
+        """Per GPU [index, util %, memory %, temperature °C, lost, power W, memory used MiB, memory total MiB]
+        for the fleet heatmap and GPU table (None when unknown)."""
         cells = []
         for gpu in self.latest.gpus if self.latest else ():
             mem = None
             if gpu.memory_used_bytes is not None and gpu.memory_total_bytes:
                 mem = round(100 * gpu.memory_used_bytes / gpu.memory_total_bytes, 1)
+            used = None if gpu.memory_used_bytes is None else gpu.memory_used_bytes // MIB
+            total = None if gpu.memory_total_bytes is None else gpu.memory_total_bytes // MIB
             cells.append([gpu.index, None if gpu.lost else gpu.utilization_gpu, mem, gpu.temperature_c,
-                          1 if gpu.lost else 0])
+                          1 if gpu.lost else 0, gpu.power_w, used, total])
         return cells
 
 
 def point(ts: float, gpus: list[GpuSample]) -> tuple:
     """One window point, kept as tuples (serialised only when read): (ts, ((index, util, memory MiB,
-    temperature, power), ...))."""
+    temperature, power, SM clock MHz), ...))."""
     return ts, tuple((g.index, g.utilization_gpu, None if g.memory_used_bytes is None else g.memory_used_bytes // MIB,
-                      g.temperature_c, g.power_w) for g in gpus)
+                      g.temperature_c, g.power_w, g.sm_clock_mhz) for g in gpus)
 
 
 def points_json(points) -> str:
-    """Window points as the JSON array browsers read: [[ts, [[index, util, MiB, °C, W], ...]], ...]."""
+    """Window points as the JSON array browsers read: [[ts, [[index, util, MiB, °C, W, MHz], ...]], ...]."""
     return json.dumps(list(points), separators=(",", ":"))
 
 

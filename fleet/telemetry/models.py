@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -72,6 +73,13 @@ class Alert(models.Model):
     opened_at = models.DateTimeField(default=timezone.now, db_index=True)
     last_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)
+    # An operator's handling (fleet/telemetry/alert_actions.py): acknowledged (who, when) or silenced until.
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+")
+    silenced_until = models.DateTimeField(null=True, blank=True)
+    silenced_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
 
     class Meta:
         ordering = ["-opened_at", "-id"]
@@ -87,3 +95,17 @@ class Alert(models.Model):
     @property
     def active(self) -> bool:
         return self.resolved_at is None
+
+    @property
+    def silenced(self) -> bool:
+        return self.silenced_until is not None and self.silenced_until > timezone.now()
+
+    @property
+    def firing(self) -> bool:
+        """Open and nobody has taken it: neither acknowledged nor silenced (the top bar counts these)."""
+        return self.active and self.acknowledged_at is None and not self.silenced
+
+    @property
+    def duration(self):
+        """How long it lasted (resolved) or has lasted so far (open): a timedelta."""
+        return (self.resolved_at or timezone.now()) - self.opened_at

@@ -17,6 +17,7 @@ from django.utils import timezone
 from fleet import events
 from fleet.inventory.models import Node, NodeStatus
 from fleet.inventory.services import set_status
+from fleet.telemetry import alert_actions
 from fleet.telemetry.models import Alert, AlertKind, AlertSeverity, GpuRollup
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def record_alerts(items: list[dict[str, Any]], now: datetime | None = None) -> l
                 changed.append(alert)
     for alert in changed:
         _publish(alert)
+    if changed:
+        alert_actions.publish_count({alert.node_id for alert in changed})  # the top bar's count
     return changed
 
 

@@ -1,4 +1,4 @@
-"""Forms for the web pages: node filters, enrollment tokens, users, audit filter."""
+"""Forms for the web pages: node filters, enrollment tokens, users (the audit filter: audit_forms.py)."""
 
 from __future__ import annotations
 
@@ -131,14 +131,3 @@ class UserCreateForm(forms.Form):
 class UserUpdateForm(forms.Form):
     role = forms.ChoiceField(choices=[("", "No access"), *ROLE_CHOICES], required=False)
     is_active = forms.BooleanField(required=False, label="Active")
-
-
-# ---- audit ------------------------------------------------------------------------------------------
-
-
-class AuditFilterForm(forms.Form):
-    action = forms.ChoiceField(required=False)
-
-    def __init__(self, *args, actions: list[str], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["action"].choices = [("", "All actions"), *[(action, action) for action in actions]]

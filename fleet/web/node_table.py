@@ -22,7 +22,7 @@ from fleet.hub.models import InstallState, NodeInstall
 from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
 from fleet.inventory.queries import with_gpu_counts
 from fleet.lib.http import paginate
-from fleet.telemetry.exporter import stale_after
+from fleet.telemetry.freshness import stale_after
 from fleet.telemetry.store import get_store
 
 

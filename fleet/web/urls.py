@@ -5,7 +5,7 @@ import re
 from django.conf import settings
 from django.urls import path, re_path
 
-from fleet.web.views import apikeys, audit, enrollment, nodes, overview, sites, static, users
+from fleet.web.views import alerts, apikeys, audit, enrollment, nodes, overview, sites, static, users
 from fleet.web.views import telemetry as telemetry_views
 
 _static_prefix = settings.STATIC_URL.strip("/")
@@ -21,6 +21,8 @@ urlpatterns = [
     path("telemetry/heatmap/", telemetry_views.fleet_heat, name="fleet-heatmap"),
     path("alerts/", telemetry_views.alert_list, name="alerts"),
     path("alerts/feed/", telemetry_views.alert_feed, name="alert-feed"),
+    path("alerts/<int:pk>/acknowledge/", alerts.alert_acknowledge, name="alert-acknowledge"),
+    path("alerts/<int:pk>/silence/", alerts.alert_silence, name="alert-silence"),
     path("enrollment/", enrollment.enrollment, name="enrollment"),
     path("enrollment/tokens/<int:pk>/revoke/", enrollment.token_revoke, name="token-revoke"),
     path("enrollment/credentials/<int:pk>/revoke/", enrollment.credential_revoke, name="credential-revoke"),

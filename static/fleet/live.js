@@ -1,4 +1,4 @@
-/* Fleet live updates: one websocket to /ws/live/, no libraries.
+/* Fleet live updates: the page's one websocket to /ws/live/, no libraries.
  *
  * Subscribes to the topics in <body data-live-topics="fleet"> (or "node:7") and applies:
  *   {"kind": "node", "node": {...}, "summary": {...}}  → row/badge of that node + summary numbers
@@ -8,13 +8,21 @@
  *                                                        so does its node coming online (a new hello)
  *   {"kind": "subscribed"}                             → catch up on node states missed while away
  * and reconnects with exponential backoff, showing "live" / "reconnecting" in the nav.
+ *
+ * Other scripts share the socket (one per tab) through window.fleetLive:
+ *   fleetLive.subscribe(["telemetry:fleet"]) / .unsubscribe([...])  topics, counted per caller
+ *   fleetLive.on(kind, fn)  fn(message) for every message of that kind ("telemetry", "alert", "node", ...);
+ *                           kind "connected" gets {reconnect: bool} each time the socket opens.
  */
 (function () {
   "use strict";
 
   var body = document.body;
   var topics = (body.getAttribute("data-live-topics") || "").split(/[\s,]+/).filter(Boolean);
-  if (!topics.length || !("WebSocket" in window)) return;
+  var wanted = {}; // topic → how many callers want it
+  var listeners = {}; // message kind → [fn]
+  var opened = 0;
+  var caughtUp = false; // node states fetched since this socket opened (later subscribe replies need not)
 
   var STATUS_CLASSES = ["badge-green", "badge-red", "badge-grey", "badge-purple"];
   var MAX_BACKOFF_MS = 30000;
@@ -28,13 +36,6 @@
 
   var formatBytes = window.fleetFormat.bytes;
   var formatRelative = window.fleetFormat.relative;
-
-  function refreshRelativeTimes() {
-    var times = document.querySelectorAll("time[data-relative]");
-    for (var i = 0; i < times.length; i++) {
-      times[i].textContent = formatRelative(new Date(times[i].getAttribute("datetime")));
-    }
-  }
 
   function timeElement(iso) {
     if (!iso) {
@@ -163,6 +164,10 @@
     var changedCell = row.querySelector("[data-node-changed]");
     if (changedCell) changedCell.replaceChildren(timeElement(new Date().toISOString()));
     tbody.insertBefore(row, tbody.firstChild);
+    var wrap = table.closest("[data-recent-wrap]");
+    if (wrap) wrap.hidden = false;
+    var empty = document.querySelector("[data-recent-empty]");
+    if (empty) empty.hidden = true;
     while (tbody.rows.length > RECENT_LIMIT) tbody.deleteRow(tbody.rows.length - 1);
     flash(row);
   }
@@ -210,7 +215,7 @@
       case "subscribed":
         attempts = 0;
         setState("live");
-        catchUp();
+        if (!caughtUp) { caughtUp = true; catchUp(); }
         break;
       case "error":
         if (window.console) console.warn("fleet live:", message.detail);
@@ -218,6 +223,39 @@
       default:
         break;
     }
+    emit(message.kind, message);
+  }
+
+  function emit(kind, message) {
+    (listeners[kind] || []).slice().forEach(function (fn) {
+      try { fn(message); } catch (error) { if (window.console) console.error("fleet live listener:", error); }
+    });
+  }
+
+  // ---- subscriptions ---------------------------------------------------------------------------
+  function send(type, list) {
+    if (socket && socket.readyState === 1 && list.length) socket.send(JSON.stringify({ type: type, topics: list }));
+  }
+
+  function subscribe(list) {
+    var fresh = list.filter(function (topic) { wanted[topic] = (wanted[topic] || 0) + 1; return wanted[topic] === 1; });
+    if (!socket && !retryTimer) { connect(); return; }
+    send("subscribe", fresh);
+  }
+
+  function unsubscribe(list) {
+    var gone = list.filter(function (topic) {
+      if (!wanted[topic]) return false;
+      wanted[topic] -= 1;
+      if (wanted[topic]) return false;
+      delete wanted[topic];
+      return true;
+    });
+    send("unsubscribe", gone);
+  }
+
+  function on(kind, fn) {
+    (listeners[kind] = listeners[kind] || []).push(fn);
   }
 
   // ---- connection ------------------------------------------------------------------------------
@@ -231,6 +269,7 @@
   function connect() {
     clearTimeout(retryTimer);
     retryTimer = null;
+    if (!Object.keys(wanted).length || !("WebSocket" in window)) return;
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     try {
       socket = new WebSocket(scheme + window.location.host + "/ws/live/");
@@ -239,7 +278,10 @@
       return;
     }
     socket.onopen = function () {
-      socket.send(JSON.stringify({ type: "subscribe", topics: topics }));
+      send("subscribe", Object.keys(wanted));
+      opened += 1;
+      caughtUp = false;
+      emit("connected", { reconnect: opened > 1 });
     };
     socket.onmessage = function (event) {
       var message;
@@ -272,10 +314,9 @@
     if (event.persisted && !socket) connect(); // restored from the back/forward cache
   });
 
-  setInterval(refreshRelativeTimes, 15000);
+  // (relative times tick in ui.js, every second, from their datetime attribute)
+  window.fleetLive = { handle: handle, subscribe: subscribe, unsubscribe: unsubscribe, on: on };
+  if (!("WebSocket" in window)) return;
   setState("connecting");
-  connect();
-
-  // Exposed for tests and the console.
-  window.fleetLive = { handle: handle };
+  if (topics.length) subscribe(topics);
 })();

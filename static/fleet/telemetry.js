@@ -1,29 +1,30 @@
-/* Fleet live telemetry: the overview heatmap, a node's per-GPU live charts (last 15 min), its history
- * (1 h / 24 h / 7 d from 1-minute rollups), process table and alert feeds.
+/* A node's live telemetry page: one chart per metric across all the node's GPUs (last 15 min), current
+ * values, process table; and the alert feeds. History (1 h / 24 h / 7 d of rollups): telemetry-history.js.
  *
- * Own websocket to /ws/live/ with topics telemetry:fleet / telemetry:node:<id> (the server coalesces
- * to at most one message a second, only for those topics) plus fleet / node:<id> for alert messages.
- * A hidden tab unsubscribes from telemetry; when it is shown again it refetches the window and
- * resubscribes. Charts: uPlot (static/vendor/uplot, MIT).
+ * Streams over the page's one /ws/live/ socket (window.fleetLive, live.js): topic telemetry:node:<id>.
+ * A hidden tab unsubscribes; shown again, it refetches the window and resubscribes. A node that is offline,
+ * revoked or silent for longer than the server's stale_after shows "no data since HH:MM:SS": greyed, no
+ * current values, no processes, and its chart lines end (and break when data comes back).
+ * Charts: uPlot (static/vendor/uplot, MIT); formats and colours: chart-kit.js.
  */
 (function () {
   "use strict";
 
-  var heatRoot = document.querySelector("[data-telemetry-heatmap]");
   var nodeRoot = document.querySelector("[data-telemetry-node]");
   var liveFeeds = document.querySelectorAll("[data-alert-feed-live]");
-  if ((!heatRoot && !nodeRoot && !liveFeeds.length) || !("WebSocket" in window)) return;
-
-  var WINDOW_S = 15 * 60;
+  var live = window.fleetLive;
   var F = window.fleetFormat;
-  var MIB = F.MIB;
-  var COLOURS = ["#4c8dff", "#3fb950", "#e3b341", "#f26b5e", "#b48cf8", "#39c5cf", "#ff9bce", "#d2a8ff"];
-  var nodeId = nodeRoot ? Number(nodeRoot.getAttribute("data-telemetry-node")) : null;
-  var telemetryTopics = [];
-  var alertTopics = [];
-  if (heatRoot) { telemetryTopics.push("telemetry:fleet"); alertTopics.push("fleet"); }
-  if (nodeRoot) { telemetryTopics.push("telemetry:node:" + nodeId); alertTopics.push("node:" + nodeId); }
-  if (!alertTopics.length) alertTopics.push("fleet");
+  var C = window.fleetCharts;
+  var WINDOW_S = 15 * 60;
+  var HEIGHT = 190;
+  // slot in a window point's GPU row, title, unit, digits, fixed range, scale from raw
+  var METRICS = [
+    { key: "util", slot: 1, title: "Utilization", unit: "%", digits: 0, range: [0, 100] },
+    { key: "mem", slot: 2, title: "Memory used", unit: "GiB", digits: 1, scale: 1 / 1024 },
+    { key: "temp", slot: 3, title: "Temperature", unit: "°C", digits: 0 },
+    { key: "power", slot: 4, title: "Power", unit: "W", digits: 0 },
+    { key: "clock", slot: 5, title: "SM clock", unit: "MHz", digits: 0 },
+  ];
 
   function fetchJSON(url) {
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }).then(function (r) {
@@ -32,210 +33,208 @@
     });
   }
 
-  // ---- fleet heatmap ------------------------------------------------------------------------------
-  var heatRows = {};
-  var heatRefetch = null;
+  function warn(e) { if (window.console) console.warn("fleet telemetry:", e); }
 
-  function utilColour(util) {
-    if (util === null || util === undefined) return "";
-    var t = Math.max(0, Math.min(100, util)) / 100;
-    return "hsl(" + Math.round(215 - 210 * t) + "," + Math.round(45 + 35 * t) + "%," + Math.round(22 + 33 * t) + "%)";
+  // ---- node page state ------------------------------------------------------------------------------
+  var nodeId = nodeRoot ? Number(nodeRoot.getAttribute("data-telemetry-node")) : null;
+  var topic = "telemetry:node:" + nodeId;
+  var page = document.querySelector("[data-node-page]");
+  var state = { status: page ? page.getAttribute("data-node-status-value") : "online", since: null,
+                staleAfter: 30, offlineAfter: 15, stale: false, latest: null };
+  var times = []; // window timestamps (server clock), with null-gaps already in place
+  var rowsByGpu = {}; // GPU index → [metric slot arrays aligned with times]
+  var gpuOrder = [];
+  var charts = [];
+  var models = {};
+
+  function gpuList() {
+    var marks = nodeRoot.querySelectorAll("[data-gpu-model]");
+    for (var i = 0; i < marks.length; i++) {
+      var index = Number(marks[i].getAttribute("data-gpu-model"));
+      models[index] = marks[i].getAttribute("data-name");
+      if (gpuOrder.indexOf(index) < 0) gpuOrder.push(index);
+    }
+    gpuOrder.sort(function (a, b) { return a - b; });
   }
 
-  function buildHeatmap(data) {
-    var grid = heatRoot.querySelector("[data-heat-grid]");
-    grid.replaceChildren();
-    heatRows = {};
-    var nodeUrl = heatRoot.getAttribute("data-node-url") || "/nodes/0/";
-    data.nodes.forEach(function (node) {
-      var row = document.createElement("div");
-      row.className = "heat-row";
-      row.setAttribute("data-heat-node", String(node.id));
-      var name = document.createElement("a");
-      name.className = "heat-name";
-      name.href = nodeUrl.replace(/\/0\/$/, "/" + node.id + "/");
-      name.textContent = node.name;
-      var cells = document.createElement("div");
-      cells.className = "heat-cells";
-      var entry = { name: node.name, cells: {} };
-      node.gpus.forEach(function (index) {
-        var cell = document.createElement("span");
-        cell.className = "heat-cell";
-        cell.setAttribute("data-gpu", String(index));
-        cell.setAttribute("data-stale", "1");
-        cell.title = node.name + " · GPU " + index + "\nno data yet";
-        cells.appendChild(cell);
-        entry.cells[index] = cell;
+  function ensureGpu(index) {
+    if (rowsByGpu[index]) return false;
+    rowsByGpu[index] = METRICS.map(function () { return times.map(function () { return null; }); });
+    if (gpuOrder.indexOf(index) < 0) { gpuOrder.push(index); gpuOrder.sort(function (a, b) { return a - b; }); return true; }
+    return false;
+  }
+
+  // Points: [[ts, [[index, util, MiB, °C, W, MHz], ...]], ...]; older points than the newest are merged in order.
+  function addPoints(points) {
+    var rebuilt = false;
+    points.forEach(function (point) {
+      var ts = point[0];
+      var at = times.length;
+      while (at > 0 && (times[at - 1] === null || times[at - 1] >= ts)) {
+        if (times[at - 1] === ts) return; // already held
+        at -= 1;
+      }
+      var prev = at > 0 ? times[at - 1] : null;
+      // Longer without a point than it takes the server to call the node offline: the line breaks there.
+      var step = at > 1 ? prev - times[at - 2] : 0;
+      var gap = prev !== null && ts - prev > Math.max(state.offlineAfter, 3 * step);
+      var insert = gap ? [prev + 0.001, ts] : [ts];
+      point[1].forEach(function (row) { if (ensureGpu(row[0])) rebuilt = true; });
+      times.splice.apply(times, [at, 0].concat(insert));
+      Object.keys(rowsByGpu).forEach(function (index) {
+        var row = null;
+        for (var r = 0; r < point[1].length; r++) if (point[1][r][0] === Number(index)) row = point[1][r];
+        rowsByGpu[index].forEach(function (series, m) {
+          var raw = row ? row[METRICS[m].slot] : null;
+          var v = raw === null || raw === undefined ? null : (METRICS[m].scale ? raw * METRICS[m].scale : raw);
+          series.splice.apply(series, gap ? [at, 0, null, v] : [at, 0, v]);
+        });
       });
-      row.appendChild(name);
-      row.appendChild(cells);
-      grid.appendChild(row);
-      heatRows[node.id] = entry;
-      applyHeat(node.id, node.heat || []);
     });
-    var empty = heatRoot.querySelector("[data-heat-empty]");
-    if (empty) empty.hidden = data.nodes.length > 0;
+    var cutoff = (newestTs() || 0) - WINDOW_S;
+    var drop = 0;
+    while (drop < times.length && (times[drop] === null || times[drop] < cutoff)) drop += 1;
+    if (drop) {
+      times.splice(0, drop);
+      Object.keys(rowsByGpu).forEach(function (i) { rowsByGpu[i].forEach(function (s) { s.splice(0, drop); }); });
+    }
+    if (rebuilt || !charts.length) buildCharts(); else redraw();
   }
 
-  function applyHeat(id, cells) {
-    var row = heatRows[id];
-    if (!row) { scheduleHeatRefetch(); return; }
-    cells.forEach(function (c) {
-      var index = c[0], util = c[1], mem = c[2], temp = c[3], lost = c[4];
-      var cell = row.cells[index];
-      if (!cell) { scheduleHeatRefetch(); return; }
-      cell.removeAttribute("data-stale");
-      cell.setAttribute("data-lost", lost ? "1" : "0");
-      cell.setAttribute("data-util", util === null ? "" : String(util));
-      cell.style.backgroundColor = lost ? "" : utilColour(util);
-      cell.textContent = lost ? "✕" : (util === null ? "?" : String(Math.round(util)));
-      cell.title = row.name + " · GPU " + index + (lost ? "\nLOST" : "") + "\nutilization " + F.number(util, 0, "%") +
-        "\nmemory " + F.number(mem, 0, "%") + "\ntemperature " + F.number(temp, 0, "°C");
-    });
-  }
+  function newestTs() { return times.length ? times[times.length - 1] : null; }
 
-  function scheduleHeatRefetch() {
-    if (heatRefetch) return;
-    heatRefetch = setTimeout(function () { heatRefetch = null; loadHeatmap(); }, 2000);
+  function chartData(m) {
+    return [times].concat(gpuOrder.map(function (i) { return rowsByGpu[i] ? rowsByGpu[i][m] : times.map(function () { return null; }); }));
   }
-
-  function loadHeatmap() {
-    return fetchJSON(heatRoot.getAttribute("data-heat-url")).then(buildHeatmap).catch(function (e) {
-      if (window.console) console.warn("fleet telemetry:", e);
-    });
-  }
-
-  // ---- node page: live charts per GPU --------------------------------------------------------------
-  var gpus = {};
-  var chartsBox = nodeRoot ? nodeRoot.querySelector("[data-gpu-charts]") : null;
 
   function chartWidth(el) { return Math.max(280, (el.clientWidth || 400) - 4); }
 
-  function axis(scale, side) {
-    return { scale: scale, side: side, stroke: "#8b96a5", grid: { stroke: "#262f3b", show: side !== 1 },
-             ticks: { stroke: "#262f3b" } };
+  // The last 15 minutes, or from the first point (at least 2 minutes) when there are only minutes of data:
+  // a line over what exists, not a sliver at the right edge. Runs on to now, so a silent node's line ends.
+  function xRange() {
+    var now = C.serverNow();
+    var first = times.length ? times[0] : now;
+    return [Math.max(now - WINDOW_S, Math.min(first - 5, now - 120)), now];
   }
 
-  function gpuEntry(index) {
-    var gpu = gpus[index];
-    if (gpu) return gpu;
-    var card = document.createElement("div");
-    card.className = "gpu-card";
-    card.setAttribute("data-gpu-card", String(index));
-    var head = document.createElement("div");
-    head.className = "gpu-card-head";
-    var title = document.createElement("strong");
-    title.textContent = "GPU " + index;
-    var name = document.createElement("span");
-    name.className = "muted small";
-    name.setAttribute("data-gpu-name", "");
-    head.appendChild(title);
-    head.appendChild(name);
-    var readouts = document.createElement("div");
-    readouts.className = "readouts";
-    [["util", "util"], ["mem", "memory"], ["temp", "temp"], ["power", "power"], ["clock", "SM"]].forEach(function (r) {
-      var span = document.createElement("span");
-      span.appendChild(document.createTextNode(r[1] + " "));
-      var strong = document.createElement("strong");
-      strong.setAttribute("data-metric", r[0]);
-      strong.textContent = "—";
-      span.appendChild(strong);
-      readouts.appendChild(span);
-    });
-    var chartEl = document.createElement("div");
-    chartEl.className = "chart";
-    chartEl.setAttribute("data-live-chart", String(index));
-    card.appendChild(head);
-    card.appendChild(readouts);
-    card.appendChild(chartEl);
-    // keep cards in GPU order
-    var after = null;
-    Object.keys(gpus).map(Number).sort(function (a, b) { return a - b; }).forEach(function (i) {
-      if (i > index && !after) after = gpus[i].card;
-    });
-    chartsBox.insertBefore(card, after);
+  function buildCharts() {
+    var box = nodeRoot.querySelector("[data-gpu-charts]");
+    charts.forEach(function (c) { if (c.plot) c.plot.destroy(); });
+    charts = [];
+    box.replaceChildren();
     var empty = nodeRoot.querySelector("[data-charts-empty]");
-    if (empty) empty.hidden = true;
-    gpu = gpus[index] = { card: card, chartEl: chartEl, total: null, data: [[], [], [], [], []], chart: null, lastTs: 0 };
-    if (window.uPlot) {
-      gpu.chart = new window.uPlot({
-        width: chartWidth(chartEl), height: 170,
-        // power from 0 W so an idle GPU's noise does not look like a swing
-        scales: { x: { time: true }, pct: { range: [0, 100] },
-                  w: { range: function (u, min, max) { return [0, Math.max(50, Math.ceil((max || 0) * 1.15))]; } } },
-        series: [
-          {},
-          { label: "util %", stroke: COLOURS[0], width: 1.5, scale: "pct" },
-          { label: "memory %", stroke: COLOURS[4], width: 1.5, scale: "pct" },
-          { label: "temp °C", stroke: COLOURS[2], width: 1.5, scale: "pct" },
-          { label: "power W", stroke: COLOURS[1], width: 1.5, scale: "w" },
-        ],
-        axes: [axis("x", 2), axis("pct", 3), axis("w", 1)],
-      }, gpu.data, chartEl);
-    }
-    return gpu;
+    if (empty) empty.hidden = gpuOrder.length > 0;
+    if (!gpuOrder.length) return;
+    METRICS.forEach(function (metric, m) {
+      var panel = document.createElement("div");
+      panel.className = "metric-panel";
+      panel.setAttribute("data-metric-panel", metric.key);
+      var head = document.createElement("h3");
+      head.textContent = metric.title + " (" + metric.unit + ")";
+      var el = document.createElement("div");
+      el.className = "chart";
+      el.setAttribute("data-live-chart", metric.key);
+      panel.appendChild(head);
+      panel.appendChild(el);
+      box.appendChild(panel);
+      var plot = null;
+      if (window.uPlot) {
+        plot = new window.uPlot({
+          width: chartWidth(el), height: HEIGHT,
+          scales: { x: { time: true, range: function () { return xRange(); } },
+                    y: metric.range ? { range: metric.range } : { range: function (u, min, max) {
+                      return [0, Math.max(1, Math.ceil((max || 0) * 1.15))]; } } },
+          series: [{ value: C.legendTime(notStale) }].concat(gpuOrder.map(function (index, n) {
+            return { label: "GPU " + index, stroke: C.colour(n), dash: C.dash(n), width: 1.5, spanGaps: false,
+                     points: { show: false }, value: C.legendValue(metric.unit, metric.digits, notStale) };
+          })),
+          axes: [C.timeAxis(), C.valueAxis(metric.unit, metric.digits)],
+        }, chartData(m), el);
+      }
+      charts.push({ metric: metric, m: m, el: el, plot: plot });
+    });
+    redraw();
   }
 
-  function addPoints(points) {
-    points.forEach(function (point) {
-      var ts = point[0];
-      point[1].forEach(function (row) {
-        var gpu = gpuEntry(row[0]);
-        if (ts <= gpu.lastTs) return;
-        gpu.lastTs = ts;
-        var memPct = row[2] !== null && gpu.total ? Math.round(1000 * row[2] * MIB / gpu.total) / 10 : null;
-        gpu.data[0].push(ts);
-        gpu.data[1].push(row[1]);
-        gpu.data[2].push(memPct);
-        gpu.data[3].push(row[3]);
-        gpu.data[4].push(row[4]);
+  function redraw() {
+    charts.forEach(function (c) {
+      if (c.plot) c.plot.setData(chartData(c.m));
+      c.el.setAttribute("data-points", String(times.filter(function (t) { return t !== null; }).length));
+      var last = newestTs();
+      if (last !== null) c.el.setAttribute("data-last-ts", String(last));
+    });
+  }
+
+  // ---- current values, processes, "no data since" ------------------------------------------------------
+  function notStale() { return !state.stale; }
+
+  function isStale() {
+    if (state.status !== "online" || !state.latest) return true;
+    return C.serverNow() - state.latest.ts > state.staleAfter;
+  }
+
+  function refreshStale() {
+    var stale = isStale();
+    var since = state.latest ? state.latest.ts : state.since;
+    nodeRoot.toggleAttribute("data-nodata", stale);
+    var banner = nodeRoot.querySelector("[data-nodata-banner]");
+    if (banner) {
+      banner.hidden = !stale || !(since || gpuOrder.length);
+      banner.textContent = C.noDataText(since) + (state.status !== "online" ? " — the node is " + state.status.replace("_", " ") : "");
+      banner.title = C.noDataTitle(since);
+    }
+    if (stale !== state.stale) {
+      state.stale = stale;
+      renderCurrent();
+      charts.forEach(function (c) { if (c.plot && c.plot.setLegend) c.plot.setLegend({ idx: null }); });
+    }
+    charts.forEach(function (c) { if (c.plot) c.plot.setScale("x", { min: xRange()[0], max: xRange()[1] }); });
+  }
+
+  function renderCurrent() {
+    var table = nodeRoot.querySelector("[data-current-table] tbody");
+    var g = {};
+    if (!state.stale && state.latest) state.latest.gpus.forEach(function (gpu) { g[gpu.index] = gpu; });
+    var wrap = nodeRoot.querySelector("[data-current-wrap]");
+    if (wrap) wrap.hidden = !gpuOrder.length;
+    if (table) {
+      var fresh = document.createDocumentFragment();
+      gpuOrder.forEach(function (index, n) {
+        var gpu = g[index];
+        var tr = document.createElement("tr");
+        tr.setAttribute("data-gpu-current", String(index));
+        var cells = [["GPU " + index, ""], [models[index] || F.EMPTY, ""]];
+        if (!gpu) cells.push([state.stale ? C.noDataText(state.latest ? state.latest.ts : state.since) : F.EMPTY, "muted", 5]);
+        else if (gpu.lost) cells.push(["LOST", "lost-note", 5]);
+        else {
+          cells.push([F.number(gpu.utilization_gpu, 0, "%"), "num"]);
+          cells.push([F.bytes(gpu.memory_used_bytes) + " / " + F.bytes(gpu.memory_total_bytes), "num"]);
+          cells.push([F.number(gpu.temperature_c, 0, "°C"), "num"]);
+          cells.push([F.number(gpu.power_w, 0) + (gpu.power_limit_w ? " / " + F.number(gpu.power_limit_w, 0) : "") + " W", "num"]);
+          cells.push([F.number(gpu.sm_clock_mhz, 0, "MHz"), "num"]);
+        }
+        cells.forEach(function (c, i) {
+          var td = document.createElement("td");
+          td.textContent = c[0];
+          if (c[1]) td.className = c[1];
+          if (c[2]) td.colSpan = c[2];
+          if (i === 0) {
+            var swatch = document.createElement("span");
+            swatch.className = "swatch";
+            swatch.style.backgroundColor = C.colour(n);
+            td.insertBefore(swatch, td.firstChild);
+          }
+          tr.appendChild(td);
+        });
+        fresh.appendChild(tr);
       });
-    });
-    Object.keys(gpus).forEach(function (index) {
-      var gpu = gpus[index];
-      var cutoff = gpu.lastTs - WINDOW_S;
-      var drop = 0;
-      while (drop < gpu.data[0].length && gpu.data[0][drop] < cutoff) drop += 1;
-      if (drop) gpu.data.forEach(function (series) { series.splice(0, drop); });
-      if (gpu.chart) gpu.chart.setData(gpu.data);
-      var n = gpu.data[0].length;
-      gpu.chartEl.setAttribute("data-points", String(n));
-      if (n) {
-        gpu.chartEl.setAttribute("data-last-ts", String(gpu.data[0][n - 1]));
-        gpu.chartEl.setAttribute("data-last-util", String(gpu.data[1][n - 1]));
-      }
-    });
-  }
-
-  function applyLatest(latest) {
-    if (!latest) return;
-    var procRows = [];
-    latest.gpus.forEach(function (g) {
-      var gpu = gpuEntry(g.index);
-      if (g.memory_total_bytes) gpu.total = g.memory_total_bytes;
-      gpu.card.classList.toggle("gpu-lost", !!g.lost);
-      var set = function (metric, text) {
-        var el = gpu.card.querySelector('[data-metric="' + metric + '"]');
-        if (el && el.textContent !== text) el.textContent = text;
-      };
-      if (g.lost) {
-        set("util", "LOST");
-        return;
-      }
-      set("util", F.number(g.utilization_gpu, 0, "%"));
-      set("mem", F.bytes(g.memory_used_bytes) + " / " + F.bytes(g.memory_total_bytes));
-      set("temp", F.number(g.temperature_c, 0, "°C"));
-      set("power", F.number(g.power_w, 0) + (g.power_limit_w ? " / " + F.number(g.power_limit_w, 0) : "") + " W");
-      set("clock", F.number(g.sm_clock_mhz, 0, "MHz"));
-      (g.processes || []).forEach(function (p) { procRows.push([g.index, p]); });
-    });
-    var name = nodeRoot.querySelectorAll("[data-gpu-name]");
-    for (var i = 0; i < name.length; i++) {
-      var card = name[i].closest("[data-gpu-card]");
-      var label = nodeRoot.querySelector('[data-gpu-model="' + card.getAttribute("data-gpu-card") + '"]');
-      if (label) name[i].textContent = label.getAttribute("data-name");
+      table.replaceChildren(fresh);
     }
-    renderProcesses(procRows);
+    var procs = [];
+    Object.keys(g).forEach(function (index) {
+      (g[index].processes || []).forEach(function (p) { procs.push([Number(index), p]); });
+    });
+    renderProcesses(procs);
   }
 
   function renderProcesses(rows) {
@@ -244,7 +243,7 @@
     var fresh = document.createDocumentFragment();
     rows.forEach(function (r) {
       var tr = document.createElement("tr");
-      [String(r[0]), String(r[1].pid), r[1].name || "—", r[1].used_memory_bytes ? F.bytes(r[1].used_memory_bytes) : F.EMPTY]
+      [String(r[0]), String(r[1].pid), r[1].name || F.EMPTY, r[1].used_memory_bytes ? F.bytes(r[1].used_memory_bytes) : F.EMPTY]
         .forEach(function (text, i) {
           var td = document.createElement("td");
           td.textContent = text;
@@ -255,76 +254,50 @@
     });
     body.replaceChildren(fresh);
     var empty = nodeRoot.querySelector("[data-process-empty]");
-    if (empty) empty.hidden = rows.length > 0;
-  }
-
-  function loadNodeSnapshot() {
-    return fetchJSON(nodeRoot.getAttribute("data-live-url")).then(function (snap) {
-      applyLatest(snap.latest);
-      addPoints(snap.points || []);
-    }).catch(function (e) { if (window.console) console.warn("fleet telemetry:", e); });
-  }
-
-  // ---- node page: history from rollups --------------------------------------------------------------
-  var history = { chart: null, range: "1h", metric: "util" };
-  var HISTORY_SPANS = { "1h": 3600, "24h": 86400, "7d": 7 * 86400 };
-  var METRICS = { util: [1, "utilization %"], mem: [2, "memory used GiB"], temp: [3, "temperature °C"], power: [4, "power W"] };
-
-  function loadHistory() {
-    var box = nodeRoot && nodeRoot.querySelector("[data-history-chart]");
-    if (!box) return;
-    fetchJSON(nodeRoot.getAttribute("data-history-url") + "?range=" + encodeURIComponent(history.range))
-      .then(function (data) {
-        var indexes = Object.keys(data.gpus).map(Number).sort(function (a, b) { return a - b; });
-        var times = {};
-        indexes.forEach(function (i) { data.gpus[i].forEach(function (p) { times[p[0]] = true; }); });
-        var xs = Object.keys(times).map(Number).sort(function (a, b) { return a - b; });
-        var slot = METRICS[history.metric][0];
-        var series = indexes.map(function (i) {
-          var byTime = {};
-          data.gpus[i].forEach(function (p) {
-            var v = p[slot];
-            byTime[p[0]] = v === null ? null : (slot === 2 ? v / F.GIB : v);
-          });
-          return xs.map(function (t) { return t in byTime ? byTime[t] : null; });
-        });
-        if (history.chart) history.chart.destroy();
-        box.replaceChildren();
-        box.setAttribute("data-points", String(xs.length));
-        var empty = nodeRoot.querySelector("[data-history-empty]");
-        if (empty) empty.hidden = xs.length > 0;
-        if (!window.uPlot || !xs.length) { history.chart = null; return; }
-        history.chart = new window.uPlot({
-          width: chartWidth(box), height: 240,
-          // The whole asked-for span, not uPlot's auto range (one bucket of data would span years).
-          scales: { x: { time: true, range: function () {
-            var now = Date.now() / 1000;
-            return [now - HISTORY_SPANS[history.range], now];
-          } } },
-          series: [{}].concat(indexes.map(function (i, n) {
-            return { label: "GPU " + i, stroke: COLOURS[n % COLOURS.length], width: 1.5, spanGaps: false,
-                     points: { show: xs.length < 3 } };
-          })),
-          axes: [axis("x", 2), { stroke: "#8b96a5", grid: { stroke: "#262f3b" }, label: METRICS[history.metric][1] }],
-        }, [xs].concat(series), box);
-      }).catch(function (e) { if (window.console) console.warn("fleet telemetry:", e); });
-  }
-
-  function setupHistory() {
-    if (!nodeRoot) return;
-    var buttons = nodeRoot.querySelectorAll("[data-history-range]");
-    for (var i = 0; i < buttons.length; i++) {
-      buttons[i].addEventListener("click", function (event) {
-        history.range = event.currentTarget.getAttribute("data-history-range");
-        for (var j = 0; j < buttons.length; j++) {
-          buttons[j].setAttribute("aria-pressed", String(buttons[j] === event.currentTarget));
-        }
-        loadHistory();
-      });
+    if (empty) {
+      empty.hidden = rows.length > 0;
+      var since = state.latest ? state.latest.ts : state.since;
+      empty.textContent = !state.stale ? "No compute processes reported."
+        : (since ? "No process data: " + C.noDataText(since) + "." : "No process data yet.");
     }
-    var select = nodeRoot.querySelector("[data-history-metric]");
-    if (select) select.addEventListener("change", function () { history.metric = select.value; loadHistory(); });
-    loadHistory();
+  }
+
+  function applyLatest(latest) {
+    if (!latest) return;
+    if (state.latest && latest.ts <= state.latest.ts) return;
+    state.latest = latest;
+    latest.gpus.forEach(function (g) { if (ensureGpu(g.index)) buildCharts(); });
+    var stale = isStale();
+    state.stale = stale;
+    renderCurrent();
+    refreshStale();
+  }
+
+  function loadSnapshot() {
+    return fetchJSON(nodeRoot.getAttribute("data-live-url")).then(function (snap) {
+      C.setServerNow(snap.now);
+      state.staleAfter = snap.stale_after || state.staleAfter;
+      state.offlineAfter = snap.offline_after || state.offlineAfter;
+      state.status = snap.status || state.status;
+      state.since = snap.since;
+      if (!snap.live) state.latest = null;
+      addPoints(snap.points || []);
+      if (snap.latest) applyLatest(snap.latest); else { state.stale = true; renderCurrent(); refreshStale(); }
+    }).catch(warn);
+  }
+
+  function onTelemetry(message) {
+    if (message.sent) C.setServerNow(message.sent);
+    var entry = message.nodes && message.nodes[nodeId];
+    if (!entry) return;
+    addPoints(entry.points || []);
+    if (state.status === "online") applyLatest(entry.latest);
+  }
+
+  function onNode(message) {
+    if (!message.node || Number(message.node.id) !== nodeId) return;
+    state.status = message.node.status;
+    refreshStale();
   }
 
   // ---- alert feeds -----------------------------------------------------------------------------------
@@ -347,86 +320,35 @@
     }, 300);
   }
 
-  // ---- socket ----------------------------------------------------------------------------------------
-  var socket = null;
-  var attempts = 0;
-  var retryTimer = null;
-
-  function send(type, topics) {
-    if (socket && socket.readyState === 1 && topics.length) socket.send(JSON.stringify({ type: type, topics: topics }));
+  // ---- wiring --------------------------------------------------------------------------------------
+  if (liveFeeds.length && live) {
+    live.on("alert", refreshFeeds);
+    live.on("connected", function (info) { if (info.reconnect) refreshFeeds(); });
   }
-
-  function handle(message) {
-    if (!message || typeof message !== "object") return;
-    if (message.kind === "telemetry") {
-      if (message.heat && heatRoot) {
-        Object.keys(message.heat).forEach(function (id) { applyHeat(Number(id), message.heat[id]); });
-      }
-      if (message.nodes && nodeRoot && message.nodes[nodeId]) {
-        var entry = message.nodes[nodeId];
-        applyLatest(entry.latest);
-        addPoints(entry.points || []);
-      }
-    } else if (message.kind === "alert") {
-      refreshFeeds();
-    } else if (message.kind === "subscribed") {
-      attempts = 0;
-    }
-  }
-
-  function connect() {
-    clearTimeout(retryTimer);
-    retryTimer = null;
-    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    try {
-      socket = new WebSocket(scheme + window.location.host + "/ws/live/");
-    } catch (error) { scheduleReconnect(); return; }
-    socket.onopen = function () {
-      send("subscribe", document.visibilityState === "hidden" ? alertTopics : alertTopics.concat(telemetryTopics));
-    };
-    socket.onmessage = function (event) {
-      var message;
-      try { message = JSON.parse(event.data); } catch (error) { return; }
-      handle(message);
-    };
-    socket.onclose = function () { socket = null; scheduleReconnect(); };
-    socket.onerror = function () { /* onclose follows */ };
-  }
-
-  function scheduleReconnect() {
-    if (retryTimer) return;
-    var delay = Math.min(30000, 1000 * Math.pow(2, attempts)) * (0.5 + Math.random() * 0.5);
-    attempts += 1;
-    retryTimer = setTimeout(function () { resync().then(connect); }, delay);
-  }
-
-  function resync() {
-    var jobs = [];
-    if (heatRoot) jobs.push(loadHeatmap());
-    if (nodeRoot) jobs.push(loadNodeSnapshot());
-    if (liveFeeds.length) refreshFeeds();
-    return Promise.all(jobs);
-  }
-
-  // A hidden tab stops its stream; shown again, it fills the gap from the window, then resubscribes.
-  document.addEventListener("visibilitychange", function () {
-    if (document.visibilityState === "hidden") {
-      send("unsubscribe", telemetryTopics);
-    } else {
-      resync().then(function () { send("subscribe", telemetryTopics); });
-    }
-  });
+  if (!nodeRoot) return;
+  gpuList();
+  buildCharts();
+  setInterval(refreshStale, 1000);
   window.addEventListener("resize", function () {
-    Object.keys(gpus).forEach(function (i) {
-      if (gpus[i].chart) gpus[i].chart.setSize({ width: chartWidth(gpus[i].chartEl), height: 170 });
+    charts.forEach(function (c) { if (c.plot) c.plot.setSize({ width: chartWidth(c.el), height: c.plot.height }); });
+  });
+  loadSnapshot().then(function () {
+    if (!live) return;
+    live.on("telemetry", onTelemetry);
+    live.on("node", onNode);
+    live.on("connected", function (info) { if (info.reconnect) loadSnapshot(); });
+    live.subscribe([topic]);
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "hidden") live.unsubscribe([topic]);
+      else loadSnapshot().then(function () { live.subscribe([topic]); });
     });
   });
-  window.addEventListener("pagehide", function () {
-    if (socket) { socket.onclose = null; socket.close(); socket = null; }
-  });
 
-  setupHistory();
-  resync().then(connect);
-
-  window.fleetTelemetry = { utilColour: utilColour, handle: handle };
+  window.fleetTelemetry = {
+    charts: function () {
+      var history = window.fleetHistory && window.fleetHistory.chart();
+      return charts.map(function (c) { return c.plot; }).concat(history ? [history] : []);
+    },
+    state: state,
+  };
 })();

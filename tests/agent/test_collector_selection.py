@@ -51,7 +51,8 @@ def test_real_nvml_probe_here_says_why():
 
 
 def test_simulation_and_faults():
-    assert make_selection("cpu-only", "x").collector.host_overrides() == {"kind": "cpu_node"}
+    assert make_selection("cpu-only", "x").collector.host_overrides() == {"kind": "cpu_node",
+                                                                          "hostname": "x.sim.fleet.local"}
     assert make_selection("h100x8", "x").used == "simulated:h100x8"
     with pytest.raises(ValueError, match="--fault needs --simulate"):
         make_selection(None, "x", faults=["ecc"])

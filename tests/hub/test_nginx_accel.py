@@ -102,7 +102,7 @@ def test_nginx_serves_blobs_and_the_deployer_waits_for_a_sync(nginx_stack, tmp_p
 
     # An upstream version nobody synced yet: 503 + Retry-After until the engine stores it.
     upstream.add("acme/other", sample_files(weights_mib=2, seed=b"o"))
-    upstream.delay_per_mb = 8.0  # slow enough that the engine is still fetching when the GET below arrives
+    upstream.delay_per_mb = 40.0  # the engine's fetch crawls until the deployer below has been told to wait
     other = stack.manage("addmodel", "acme/other", "--revision", "main").splitlines()[-1]
     busy = httpx2.get(f"{url}/hf/acme/other/resolve/{other}/model.safetensors",
                       headers={"Authorization": f"Bearer {secret}"})
@@ -125,6 +125,11 @@ def test_nginx_serves_blobs_and_the_deployer_waits_for_a_sync(nginx_stack, tmp_p
         deployer.attach(send, url + "/hf")
         await deployer.handle(Deploy(type="deploy", command_id="d1", repo="acme/other", sha=other,
                                      manifest=manifest))
+        for _ in range(600):  # however loaded the box: the deployer first meets the 503, then the fetch ends
+            if "the mirror is still fetching acme/other" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+        upstream.delay_per_mb = 0.0
         while "d1" in deployer.tasks:
             await asyncio.sleep(0.1)
         return events[-1].state

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tests.integration.harness import ROOT, free_port, wait_until
 
 PASSWORD = "demo-password-for-tests"
@@ -43,8 +45,8 @@ class Demo:
 
 @contextlib.contextmanager
 def running_demo(tmp_path: Path, demo_models: Path, **env: str) -> Iterator[Demo]:
-    """The demo on a free port in ``tmp_path``, up once it printed its banner; killed (the whole process
-    group) afterwards if the test did not stop it."""
+    """The demo on a free port in ``tmp_path``, up once it printed its banner; stopped with SIGTERM (or its
+    process group killed) afterwards if the test did not stop it."""
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))},
@@ -64,5 +66,18 @@ def running_demo(tmp_path: Path, demo_models: Path, **env: str) -> Iterator[Demo
         assert started and process.poll() is None, log_path.read_text()
         yield Demo(f"http://127.0.0.1:{port}", process, log_path, environment)
     finally:
+        # Its server, agents and their runtimes run in sessions of their own: remember them before stopping,
+        # so that none outlives the test however the demo ends.
+        try:
+            family = psutil.Process(process.pid).children(recursive=True)
+        except psutil.Error:
+            family = []
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.send_signal(signal.SIGTERM)  # the demo stops its server and agents itself
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        for leftover in family:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()

@@ -53,7 +53,7 @@ def test_an_admin_cannot_edit_token_expiry_or_uses(admin_client, alice) -> None:
 
 def test_an_admin_cannot_delete_audit_events(admin_client, alice) -> None:
     create_enrollment_token(alice, ttl=timedelta(hours=1), uses=1)
-    event = AuditEvent.objects.get()
+    event = AuditEvent.objects.get(action="enrollment_token.create")
     assert admin_client.post(f"/admin/accounts/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
     bulk = admin_client.post("/admin/accounts/auditevent/", {
         "action": "delete_selected", "_selected_action": [event.pk], "post": "yes"})

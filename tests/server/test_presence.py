@@ -89,3 +89,15 @@ def test_revoked_nodes_are_not_brought_back_by_frames(make_node):
     Node.objects.filter(pk=node.pk).update(status=NodeStatus.REVOKED)
     presence.record_seen(node.pk)
     assert Node.objects.get(pk=node.pk).status == NodeStatus.REVOKED
+
+
+def test_a_hello_that_changes_gpus_of_an_online_node_reaches_browsers(make_node, changes):
+    """The node's row (GPU count, memory) and the overview's numbers change although its status does not."""
+    from fleet.agent.protocol import Hello
+    from tests.server.test_agent_socket import hello
+
+    node, _ = make_node()
+    presence.record_hello(node.pk, Hello.model_validate(hello(gpus=2)))
+    assert changes == [(node.pk, NodeStatus.ONLINE)]  # it came online
+    presence.record_hello(node.pk, Hello.model_validate(hello(gpus=4)))
+    assert len(changes) == 2 and Node.objects.get(pk=node.pk).status == NodeStatus.ONLINE

@@ -83,14 +83,14 @@ def test_live_chart_keeps_moving_and_stops_when_hidden(stack: Stack, tmp_path) -
                     "chart-node · GPU 0")
 
                 page.goto(f"{base}/nodes/{node_id}/")
-                chart = "[data-live-chart='0']"
+                chart = "[data-live-chart='util']"
                 page.wait_for_selector(f"{chart}[data-last-ts]", timeout=30000)
                 assert page.query_selector(f"{chart} canvas") is not None  # uPlot drew it
                 first = page.get_attribute(chart, "data-last-ts")
                 advanced(page, chart, advanced(page, chart, first))  # a live stream, not one snapshot
-                assert page.text_content("[data-gpu-card='0'] [data-metric='util']").endswith("%")
+                assert page.text_content("[data-gpu-current='0'] td:nth-child(3)").endswith("%")
                 assert int(page.get_attribute(chart, "data-points")) >= 2
-                assert page.locator("[data-gpu-card]").count() == 8
+                assert page.locator("[data-gpu-current]").count() == 8
 
                 # The fault (GPU 1 overheats 6 s after the agent started) reaches the feed without a reload.
                 page.evaluate("window.__noReload = true")

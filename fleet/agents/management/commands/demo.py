@@ -1,7 +1,5 @@
 import os
-import signal
 import subprocess
-import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +15,7 @@ from fleet.hub.demo_model import DEMO_REPO, publish_demo_model, publish_smollm2,
 from fleet.hub.models import ModelVersion
 from fleet.inventory.models import NodeKind
 from fleet.lib.env import ConfigError, env_int
+from fleet.lib.stopsignals import StopSignals
 from fleet.lib.units import format_bytes
 
 
@@ -36,6 +35,7 @@ class Command(BaseCommand):
         try:
             port = port or env_int("FLEET_DEMO_PORT", 8000, minimum=1, maximum=65535)
             fleet_nodes = demo.parse_nodes(nodes or os.environ.get("FLEET_DEMO_NODES", demo.DEFAULT_NODES))
+            demo.ensure_port_free(host, port)
         except (ConfigError, demo.DemoError) as error:
             raise CommandError(str(error)) from None
         call_command("migrate", interactive=False, verbosity=0)
@@ -43,20 +43,19 @@ class Command(BaseCommand):
         server = f"http://{host}:{port}"
         processes: list[subprocess.Popen] = []
         stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        signals = StopSignals(stop).install()  # a handler calling stop.set() could deadlock: see there
         try:
             # SmolLM2's one-time conversion (a child process) runs while the server starts and nodes enroll.
             converting = ThreadPoolExecutor(1, thread_name_prefix="smollm2").submit(
                 smollm2.ensure_converted, Path(settings.FLEET_DEMO_MODELS) / smollm2.FOLDER, self.stdout.write, stop)
             os.environ.setdefault("FLEET_ROLLOUT_MIN_READY_SECONDS", "10")  # the server's default soak, for Daphne
             tiny = find_version(DEMO_REPO, publish_demo_model(self.stdout))  # a tiny Llama in the /hf mirror
-            daphne = subprocess.Popen(
-                [sys.executable, "-m", "fleet.serve", "-b", host, "-p", str(port), "fleet.asgi:application"],
-                start_new_session=True,
-            )
+            command, access_log = demo.server_command(host, port)
+            daphne = subprocess.Popen(command, start_new_session=True, env=demo.server_env())
             processes.append(daphne)
             demo.wait_for_http(f"{server}/accounts/login/", 30, daphne)
+            if daphne.poll() is not None:  # another server answered (the port was taken since the check)
+                raise demo.DemoError(f"the server exited with code {daphne.returncode}; is port {port} taken?")
             demo.enroll_missing(fleet_nodes, server)
             models = {NodeKind.GPU_SERVER: self._smollm2(converting) or tiny, NodeKind.EDGE_DEVICE: tiny}
             if stop.is_set():
@@ -70,7 +69,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"  agent {node.name:<10} {node.profile:<12} pid {agent.pid}")
             ready = f"Fleet is running at {server}/ with {len(fleet_nodes)} simulated nodes"
             self.stdout.write(self.style.SUCCESS(ready))
-            self.stdout.write("agent logs: var/demo/agents/<name>/agent.log — press Ctrl-C to stop")
+            where = "below" if access_log == "-" else access_log
+            self.stdout.write(f"agent logs: var/demo/agents/<name>/agent.log, access log: {where}; "
+                              "warnings and errors show here — press Ctrl-C to stop")
             while not stop.wait(1):
                 if daphne.poll() is not None:
                     raise CommandError(f"the server exited with code {daphne.returncode}")
@@ -79,6 +80,7 @@ class Command(BaseCommand):
         finally:
             stop.set()  # also ends a conversion still running
             demo.stop_all(list(reversed(processes)))
+            signals.close()
             self.stdout.write("stopped")
 
     def _smollm2(self, converting: Future) -> ModelVersion | None:
