@@ -63,7 +63,8 @@ async def _flush_forever() -> None:
     store = get_store()
     shed = get_shedder()
     writer: asyncio.Task | None = None
-    last_db = last_seen = 0.0
+    last_db = 0.0
+    last_seen = time.time()  # a hello writes last_seen itself: the first bulk write is one interval later
     while True:
         started = loop.time()
         await asyncio.sleep(FLUSH_INTERVAL)

@@ -32,7 +32,11 @@
         holder.innerHTML = html.trim();
         const fresh = holder.querySelector("[data-version-nodes]");
         const current = document.querySelector("[data-version-nodes]");
-        if (fresh && current && fresh.innerHTML !== current.innerHTML) current.replaceWith(fresh);
+        if (fresh && current && fresh.innerHTML !== current.innerHTML) {
+          current.replaceWith(fresh);
+          window.fleetFormat.localTimes(fresh);
+          window.fleetFormat.tickTimes();
+        }
       })
       .catch(() => { /* the next redraw repairs it */ });
   }

@@ -28,6 +28,8 @@
         var known = {};
         old.querySelectorAll("tr[data-node-id]").forEach(function (row) { known[row.getAttribute("data-node-id")] = true; });
         table.replaceChild(fresh, old);
+        window.fleetFormat.localTimes(fresh);
+        window.fleetFormat.tickTimes();
         fresh.querySelectorAll("tr[data-node-id]").forEach(function (row) {
           if (!known[row.getAttribute("data-node-id")]) row.classList.add("flash");
         });

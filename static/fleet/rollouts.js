@@ -21,6 +21,18 @@
     if (cls) td.className = cls;
     return td;
   }
+  function timeCell(iso) {  // as the server writes it (the `when` filter), in the browser's time zone
+    const td = document.createElement("td");
+    const time = document.createElement("time");
+    const date = new Date(iso);
+    time.setAttribute("datetime", iso);
+    time.setAttribute("data-local", "time");
+    time.textContent = window.fleetFormat.local(date, "time");
+    time.title = window.fleetFormat.utc(date);
+    td.className = "nowrap";
+    td.append(time);
+    return td;
+  }
   function paint(data) {
     const badge = root.querySelector("[data-rollout-state]");
     badge.className = "badge badge-" + (colours.rollout[data.state] || "grey");
@@ -68,7 +80,7 @@
     const body = root.querySelector("[data-events]");
     const rows = (data.events || []).map(function (e) {
       const tr = document.createElement("tr");
-      tr.append(cell(new Date(e.at).toISOString().slice(11, 19), "nowrap"), cell(e.node || "rollout"),
+      tr.append(timeCell(e.at), cell(e.node || "rollout"),
         cell((e.from_state || "—") + " → " + e.to_state, "nowrap"), cell(e.why, "small wrap"), cell(e.by));
       return tr;
     });

@@ -314,6 +314,8 @@
               if (html === null) return;
               var box = feed.querySelector("[data-feed-body]") || feed;
               box.innerHTML = html; // a server-rendered, autoescaped template fragment
+              window.fleetFormat.localTimes(box);
+              window.fleetFormat.tickTimes();
             }).catch(function () { /* the next alert or reload repairs it */ });
         })(liveFeeds[i]);
       }

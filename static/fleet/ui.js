@@ -119,6 +119,29 @@
   window.fleetFormat.tickTimes = tickTimes;
   window.fleetFormat.utc = utcText;
   document.addEventListener("DOMContentLoaded", tickTimes);
+
+  // ---- absolute times: the browser's time zone, 24-hour, UTC on hover -------------------------------
+  // The server writes <time datetime="ISO" data-local="datetime|seconds|time">… UTC</time> (the
+  // `when` template filter); this rewrites them, and scripts format new ones with fleetFormat.local.
+  function local(date, style) {
+    if (!date || isNaN(date.getTime())) return EMPTY;
+    var clock = pad(date.getHours()) + ":" + pad(date.getMinutes());
+    if (style !== "datetime") clock += ":" + pad(date.getSeconds());
+    if (style === "time") return clock;
+    return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) + " " + clock;
+  }
+  function localTimes(root) {
+    var times = (root || document).querySelectorAll("time[data-local]");
+    for (var i = 0; i < times.length; i++) {
+      var date = new Date(times[i].getAttribute("datetime"));
+      if (isNaN(date.getTime())) continue;
+      times[i].textContent = local(date, times[i].getAttribute("data-local"));
+      times[i].title = utcText(date);
+    }
+  }
+  window.fleetFormat.local = local;
+  window.fleetFormat.localTimes = localTimes;
+  document.addEventListener("DOMContentLoaded", function () { localTimes(); });
   setInterval(function () { if (!document.hidden) tickTimes(); }, 1000);
 
   // ---- confirmation dialog --------------------------------------------------------------------------

@@ -195,6 +195,9 @@ def database_counts(stack: Stack) -> dict[str, int]:
         "gpus.total": present, "gpus.online": on_online,
         "gpus_lost": stack.query("SELECT COUNT(*) FROM inventory_gpu WHERE state = 'lost'")[0][0],
         "gpus.memory_bytes": int(memory),
+        # the top bar's count: open alerts nobody acknowledged or silenced (nothing is silenced here)
+        "alerts.firing": stack.query("SELECT COUNT(*) FROM telemetry_alert WHERE resolved_at IS NULL AND "
+                                     "acknowledged_at IS NULL AND silenced_until IS NULL")[0][0],
     }
 
 

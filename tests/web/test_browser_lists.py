@@ -224,7 +224,8 @@ def test_version_nodes_box_follows_a_deploy_and_delete_asks_in_a_dialog(stack: S
             deploy_here = "button:text('Deploy here')"
             assert page.is_enabled(deploy_here)
             asyncio.run_coroutine_threadsafe(ws.close(), agent_loop).result(10)
-            page.wait_for_selector(f"{deploy_here}[disabled]", timeout=WAIT)
+            # (offline once silent for the stack's 30 s, then the sweep: a generous wait, not a deadline)
+            page.wait_for_selector(f"{deploy_here}[disabled]", timeout=3 * WAIT)
             assert "gpu-deploy is offline" in page.get_attribute(deploy_here, "title")
             assert "must reconnect first" in page.text_content("[data-unreachable]")
             shot(page, "node-deploy-disabled-offline")

@@ -1,11 +1,13 @@
 """The pages at 800 px and up in a real browser: the nav collapses behind "Menu" instead of cutting links
 off, wide tables scroll inside their panel, the Django admin is styled (its stylesheet answers 200), and
-the top bar's alert count follows a node going offline without a reload. Screenshots: tests/browser.py."""
+the top bar's alert count follows a node going offline without a reload, and absolute times read in the
+browser's time zone (24-hour) with UTC on hover. Screenshots: tests/browser.py."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -55,7 +57,8 @@ def test_layout_admin_styles_and_live_alert_count(stack: Stack, agent_loop) -> N
     with playwright.sync_playwright() as p:
         browser = launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            # Tokyo (UTC+9, no daylight saving): absolute times must read in the browser's zone, UTC on hover.
+            page = browser.new_page(viewport={"width": 1300, "height": 900}, timezone_id="Asia/Tokyo")
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.on("console", lambda message: errors.append(message.text)
                     if "Content Security Policy" in message.text else None)
@@ -107,6 +110,11 @@ def test_layout_admin_styles_and_live_alert_count(stack: Stack, agent_loop) -> N
                 page.click("[data-alert-table] button:text-is('Acknowledge')")
             assert page.text_content("[data-alert-count]").strip() == "0"
             assert "Acknowledged by ada" in " ".join(page.text_content("[data-alert-state]").split())
+            text, title, iso = page.evaluate("""() => { const t = document.querySelector('[data-alert-table] time');
+                return [t.textContent, t.title, t.getAttribute('datetime')]; }""")
+            utc = datetime.fromisoformat(iso).astimezone(UTC)
+            assert text == (utc + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S"), (text, iso)
+            assert title == utc.strftime("%Y-%m-%d %H:%M:%S UTC"), title
             page.screenshot(path=screenshot_path("alerts-800.png"), full_page=True)
 
             # The Django admin is styled: its stylesheet answers 200 and applies.

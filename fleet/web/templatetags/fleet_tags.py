@@ -3,11 +3,13 @@ fleet.lib.units), role checks, labels."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django import template
 from django.http import QueryDict
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from fleet.lib.units import EMPTY, format_bytes, format_percent, format_relative
 
@@ -22,6 +24,21 @@ def bytes_filter(value: Any) -> str:
 @register.filter
 def reltime(value: datetime | None) -> str:
     return format_relative(value)
+
+
+_WHEN_FORMATS = {"datetime": "%Y-%m-%d %H:%M", "seconds": "%Y-%m-%d %H:%M:%S", "time": "%H:%M:%S"}
+
+
+@register.filter
+def when(value: datetime | None, style: str = "datetime") -> SafeString | str:
+    """An absolute time, the one way pages show them: ``<time data-local>`` written in UTC here, which ui.js
+    rewrites in the browser's time zone (24-hour) with UTC on hover. ``style``: datetime, seconds or time."""
+    if value is None:
+        return EMPTY
+    value = value.astimezone(UTC)
+    text = value.strftime(_WHEN_FORMATS.get(style, _WHEN_FORMATS["datetime"]))
+    return format_html('<time datetime="{}" data-local="{}" title="{}">{} UTC</time>', value.isoformat(),
+                       style, value.strftime("%Y-%m-%d %H:%M:%S UTC"), text)
 
 
 @register.filter(name="percent")
