@@ -16,8 +16,8 @@ from tests.integration.harness import Stack
 from tests.web.test_browser import _enroll, _hello
 
 PASSWORD = "layout-test-password-1"
-NAV_LINKS = ["Overview", "Nodes", "Models", "Deployments", "Alerts", "Playground", "Enrollment", "API keys", "Users",
-             "Audit", "Django admin"]
+NAV_LINKS = ["Overview", "Nodes", "Sites", "Models", "Deployments", "Alerts", "Playground", "Enrollment", "API keys",
+             "Users", "Audit", "Django admin"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, needs_chromium]
 
