@@ -11,31 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from fleet.agent.sitecache import ETAG, Fetch, SiteCache, log
+from fleet.lib.httprange import parse_range
 
 RESOLVE = re.compile(r"^/hf/(?P<rest>.+/resolve/.+)$")
 BLOB = re.compile(r"^/blobs/(?P<etag>[0-9a-f]{40}|[0-9a-f]{64})$")
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 PASS_HEADERS = ("Content-Type", "X-Repo-Commit", "ETag", "X-Linked-Etag", "X-Linked-Size", "X-Error-Code",
                 "X-Error-Message", "Accept-Ranges", "Content-Length", "Retry-After")
 MAX_METADATA = 16 * 1024 * 1024  # bytes of a metadata answer passed through
 STALL = 60.0  # seconds a follower waits for a fetch that stopped growing
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) of one ``bytes=`` range, None without one; ValueError when unsatisfiable."""
-    if not header:
-        return None
-    match = RANGE.match(header.strip())
-    if not match or not (match.group(1) or match.group(2)):
-        raise ValueError(header)
-    if match.group(1):
-        start = int(match.group(1))
-        end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
-    else:
-        start, end = max(0, size - int(match.group(2))), size - 1
-    if start >= size or start > end:
-        raise ValueError(header)
-    return start, end
 
 
 class _Handler(BaseHTTPRequestHandler):

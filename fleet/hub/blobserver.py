@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, urlencode, urlparse
 from django.conf import settings
 
 from fleet.hub import store
+from fleet.lib.httprange import parse_range
 
 log = logging.getLogger(__name__)
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 POLL = 0.05
 
 _lock = threading.Lock()
@@ -44,24 +44,6 @@ def signed_path(digest: str, size: int, ttl: float | None = None) -> str:
     expires = int(time.time() + (ttl if ttl is not None else settings.FLEET_BLOB_URL_TTL))
     query = urlencode({"s": size, "e": expires, "sig": signature(digest, size, expires)})
     return f"/blobs/{digest}?{query}"
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(start, end inclusive) of a single ``bytes=`` range; None for no header. Raises ValueError if unsatisfiable."""
-    if not header:
-        return None
-    match = RANGE.match(header.strip())
-    if not match or (not match.group(1) and not match.group(2)):
-        raise ValueError(header)
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    else:
-        start, end = max(0, size - int(last)), size - 1
-    if start >= size or start > end:
-        raise ValueError(header)
-    return start, end
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -35,3 +37,15 @@ def web_credential(db) -> Callable[[Node], NodeCredential]:
         return NodeCredential.objects.create(node=node, secret_hash=hash_secret(secret), hint=hint(secret))
 
     return make
+
+
+@pytest.fixture
+def agent_loop():
+    """An event loop in a thread, for a test's fake agent sockets while Playwright (sync) drives the page."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()

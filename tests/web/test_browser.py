@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import urllib.request
 
 import pytest
@@ -28,17 +27,6 @@ def stack(tmp_path):
     stack.manage("createoperator", "olivia", "--role", "operator", "--password", PASSWORD)
     yield stack
     stack.stop()
-
-
-@pytest.fixture
-def agent_loop():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
 
 
 def _enroll(base: str, token: str) -> dict:

@@ -6,7 +6,6 @@ browser's time zone (24-hour) with UTC on hover. Screenshots: tests/browser.py."
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,17 +27,6 @@ def stack(tmp_path):
     stack.manage("createoperator", "ada", "--role", "admin", "--password", PASSWORD)
     yield stack
     stack.stop()
-
-
-@pytest.fixture
-def agent_loop():
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
 
 
 def _visible_links(page) -> list[str]:
