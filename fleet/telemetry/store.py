@@ -140,8 +140,19 @@ class RedisStore:
         return {nid: value for nid, value in zip(node_ids, values, strict=True) if value}
 
     async def points(self, node_id: int, since: float = 0.0) -> str:
-        points = await self.aio.lrange(self.key("win", node_id), -10 if since else 0, -1)
-        if since:
+        """The window's points newer than ``since`` (all of them without): read from the tail in growing
+        chunks until one at or before ``since`` shows up, so a burst (a catch-up batch, a slow poller)
+        is never cut to the last few points."""
+        key = self.key("win", node_id)
+        if not since:
+            points = await self.aio.lrange(key, 0, -1)
+        else:
+            count = 16
+            while True:
+                points = await self.aio.lrange(key, -count, -1)
+                if len(points) < count or (points and _point_ts(points[0]) <= since):
+                    break
+                count *= 4
             points = [p for p in points if _point_ts(p) > since]
         return "[" + ",".join(points) + "]"
 
