@@ -64,6 +64,10 @@ class AgentTelemetry:
             return protocol.Control(type="control", metrics_interval=interval, reason=reason)
         return None
 
+    def seen(self) -> None:
+        """Any frame but metrics (those count already): last_seen in the flusher's next bulk write."""
+        live_telemetry.seen.add(self.node_id)
+
     def close(self) -> None:
         if self.open:
             self.open = False
