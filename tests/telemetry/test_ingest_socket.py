@@ -62,6 +62,23 @@ async def test_hundred_frames_make_no_database_writes(make_node, fast, sql_count
     await comm.disconnect()
 
 
+async def test_pongs_make_no_query_per_agent_only_the_flushers_bulk_write(make_node, settings, sql_counter):
+    settings.FLEET_HEARTBEAT_INTERVAL = 0.05  # last_seen due all the time
+    node, secret = await database_sync_to_async(make_node)()
+    comm = await connect_and_hello(secret)
+    await asyncio.sleep(0.3)  # what follows a hello (its own queries) settles first
+    sql_counter.clear()
+    for nonce in range(20):
+        await comm.send_json_to({"type": "pong", "nonce": str(nonce)})
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # at least one flusher pass (the server's pings pile up unread meanwhile)
+    updates = [sql for sql in sql_counter if sql.lstrip().upper().startswith("UPDATE")]
+    per_agent = [sql for sql in updates if '"inventory_node"."id" = ' in sql]
+    assert per_agent == [], per_agent  # was an UPDATE of this one node per heartbeat
+    assert any('"last_seen"' in sql and '"inventory_node"."id" IN (' in sql for sql in updates), updates
+    await comm.disconnect()
+
+
 async def test_malformed_metrics_frame_gets_an_error_and_keeps_the_stored_frame(make_node, fast):
     node, secret = await database_sync_to_async(make_node)()
     comm = await connect_and_hello(secret)
