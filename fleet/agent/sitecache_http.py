@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from fleet.agent.sitecache import ETAG, Fetch, SiteCache, log
-from fleet.lib.httprange import parse_range
+from fleet.lib.httprange import parse_range, send_file_headers
 
 RESOLVE = re.compile(r"^/hf/(?P<rest>.+/resolve/.+)$")
 BLOB = re.compile(r"^/blobs/(?P<etag>[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -130,23 +130,14 @@ class _Handler(BaseHTTPRequestHandler):
             span = parse_range(self.headers.get("Range"), size)
         except ValueError:
             return self._plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
-        start, end = span if span else (0, size - 1)
-        length = max(0, end - start + 1)
-        self.send_response(206 if span else 200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(length))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{etag}"')
-        if span:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
+        start, length = send_file_headers(self, size, span, etag)
         if fetch is None:
             cache.stats.hits += 1
         else:
             cache.stats.misses += 1
         if not body or not length:
             return
-        sent = self._send(etag, fetch, start, end + 1)
+        sent = self._send(etag, fetch, start, start + length)
         cache.stats.bytes_served += sent
         if sent < length:
             self.close_connection = True

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 from django.conf import settings
 
 from fleet.hub import store
-from fleet.lib.httprange import parse_range
+from fleet.lib.httprange import parse_range, send_file_headers
 
 log = logging.getLogger(__name__)
 POLL = 0.05
@@ -95,23 +95,14 @@ class _Handler(BaseHTTPRequestHandler):
         if handle is None:
             return self._error(503, "this file is not stored yet and no download is running; retry shortly")
         with handle:
-            start, end = span if span else (0, size - 1)
-            length = max(0, end - start + 1)
-            self.send_response(206 if span else 200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(length))
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("ETag", f'"{digest}"')
-            if span:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
+            start, length = send_file_headers(self, size, span, digest)
             stats["requests"] += 1
             if not body or length == 0:
                 return
             sent = self._send(handle, start, length, growing)
             stats["bytes_sent"] += sent
-            log.info("blob %s range=%s sent=%d%s", digest[:12], f"{start}-{end}" if span else "all", sent,
-                     " (pull-through)" if growing else "")
+            shown = f"{start}-{start + length - 1}" if span else "all"
+            log.info("blob %s range=%s sent=%d%s", digest[:12], shown, sent, " (pull-through)" if growing else "")
             if sent < length:
                 self.close_connection = True
 
