@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import websockets.client
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -53,6 +51,7 @@ from fleet.agent.protocol import (
     dump,
     parse_server_frame,
 )
+from fleet.agent.reconnect import backoff_delays, ws_log, ws_url
 from fleet.agent.runtimes import NONE, available_runtimes, choose_adapter
 from fleet.agent.runtimes.supervisor import Supervisor
 from fleet.agent.sitecache import SiteCache, cache_report
@@ -60,19 +59,6 @@ from fleet.agent.state import Credentials, agent_home, now_iso, write_status
 
 log = logging.getLogger("fleet.agent")
 
-
-class _RedactAuthorization(logging.Filter):
-    """websockets logs every handshake header at DEBUG, the node secret included."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "authorization":
-            record.args = (args[0], "<redacted>")
-        return True
-
-
-ws_log = logging.getLogger("fleet.agent.ws")
-ws_log.addFilter(_RedactAuthorization())
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -89,54 +75,16 @@ REFUSED_MESSAGE = (
 REPLACED_MESSAGE = "another agent connected with this node's credential; this one stops"
 UNSUPPORTED = "not supported by this agent version"
 
-WS_PATH = "/ws/agent/"
 MAX_SIZE = 16 * 1024 * 1024
 PING_INTERVAL = 20.0
 CLOSE_TIMEOUT = 10.0
 STABLE_AFTER = 5.0
-JITTER = 0.5
 CLOSE_TRY_AGAIN_LATER = 1013
 DEFAULT_METRICS_INTERVAL = 1.0  # until a welcome says otherwise
 CACHE_REPORT_EVERY = 5.0
 
 COMMAND_FRAMES = (Deploy, Activate, Rollback, Remove, HealthCheck)
 MODEL_COMMANDS = (Deploy, Activate, Rollback, Remove)  # handled by the deployer
-
-
-def ws_url(server: str) -> str:
-    """``http(s)://host[/prefix]`` → ``ws(s)://host[/prefix]/ws/agent/``."""
-    server = server.rstrip("/")
-    if server.startswith("https://"):
-        return "wss://" + server[len("https://"):] + WS_PATH
-    if server.startswith("http://"):
-        return "ws://" + server[len("http://"):] + WS_PATH
-    raise ValueError(f"server URL {server!r} must start with http:// or https://")
-
-
-def backoff_delays() -> Iterator[float]:
-    """websockets' backoff series, with its ``WEBSOCKETS_BACKOFF_*`` variables read now, and every delay
-    jittered (FLEET_AGENT_BACKOFF_JITTER, default 0.5: each delay is drawn from [d × (1 - 0.5), d]).
-
-    The library reads them once at import; reading them per call lets a test or a wrapper set them
-    after import and still get the library's own algorithm. The library randomises only its first delay
-    (0 to 5 s); after that every agent that lost the server at the same moment retries on the same
-    schedule, so a server back after an outage would meet them all within those first 5 s, again and
-    again. Jittering every delay spreads the returning fleet over the whole interval.
-    """
-
-    def setting(name: str, default: float) -> float:
-        return float(os.environ.get(f"WEBSOCKETS_BACKOFF_{name}", default))
-
-    jitter = min(1.0, max(0.0, float(os.environ.get("FLEET_AGENT_BACKOFF_JITTER", JITTER))))
-    series = websockets.client.backoff(
-        initial_delay=setting("INITIAL_DELAY", websockets.client.BACKOFF_INITIAL_DELAY),
-        min_delay=setting("MIN_DELAY", websockets.client.BACKOFF_MIN_DELAY),
-        max_delay=setting("MAX_DELAY", websockets.client.BACKOFF_MAX_DELAY),
-        factor=setting("FACTOR", websockets.client.BACKOFF_FACTOR),
-    )
-    yield next(series)  # already random
-    for delay in series:
-        yield delay * (1.0 - jitter * random.random())
 
 
 class _Fatal(Exception):

@@ -1,4 +1,5 @@
-"""The agent ↔ server wire format (JSON over one websocket). Owned by the agent; the server imports it.
+"""The agent ↔ server wire format (JSON over one websocket). Owned by the agent; the server imports it
+(this module re-exports protocol_base's bounds and protocol_site's frames: one import for every frame).
 
 Every frame is ``{"type": ..., "v": PROTOCOL_VERSION, ...}``. Parsing goes through pydantic once; a
 failure becomes an ``error`` frame whose ``detail`` names the field and what is wrong with it.
@@ -10,56 +11,32 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
-PROTOCOL_VERSION = 1
-MAX_FRAME_BYTES = 1024 * 1024
-
-# Bounds (DESIGN §3): every number finite and within what its column and its consumers take, every
-# string within its column's length. JSON numbers past 2**53 lose precision in browsers and in float
-# arithmetic (rollup averages), so no count or byte value may exceed it.
-MAX_INT = 2**53
-MAX_INT32 = 2**31 - 1
-MAX_TS = 4_102_444_800.0  # 2100-01-01: a timestamp past it is a broken clock, not a sample
-MAX_RATE = 10**12  # bytes per second (1 TB/s): past any NIC or disk a node has
-
-
-def _text(value: str) -> str:
-    """No NUL (PostgreSQL refuses it in text) and no lone surrogate (not encodable as UTF-8)."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
-    return value
-
-
-def Text(max_length: int, min_length: int = 0):  # noqa: N802 - a type factory, used like a type
-    return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(_text)]
-
-
-NodeKindName = Literal["gpu_server", "edge_device", "cpu_node"]
-Str = Text(512)
-ShortStr = Text(128)
-NonNegInt = Annotated[int, Field(ge=0, le=MAX_INT)]
-Count = Annotated[int, Field(ge=0, le=MAX_INT32)]
-Percent = Annotated[float, Field(ge=0, le=100)]
-Timestamp = Annotated[float, Field(ge=0, le=MAX_TS)]
-GpuIndex = Annotated[int, Field(ge=0, le=1023)]
-GpuUuid = Text(96, min_length=1)
-Labels = Annotated[dict[Text(63, min_length=1), Text(63)], Field(max_length=64)]
-Sha = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
-RepoId = Text(96, min_length=1)  # the hub's column (and Hugging Face's own limit)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class _Frame(_Model):
-    v: Literal[1] = PROTOCOL_VERSION
-
+from fleet.agent.protocol_base import (  # noqa: F401 - re-exported: the wire format's one import
+    MAX_FRAME_BYTES,
+    MAX_INT,
+    MAX_INT32,
+    MAX_RATE,
+    MAX_TS,
+    PROTOCOL_VERSION,
+    Count,
+    GpuIndex,
+    GpuUuid,
+    Labels,
+    NodeKindName,
+    NonNegInt,
+    Percent,
+    RepoId,
+    Sha,
+    ShortStr,
+    Str,
+    Text,
+    Timestamp,
+    _Frame,
+    _Model,
+)
+from fleet.agent.protocol_site import CacheReport, Site, SiteCacheAdvert, SiteCacheOffer  # noqa: F401
 
 # ---- shared parts ---------------------------------------------------------------------------------
 
@@ -172,22 +149,6 @@ def _distinct(gpus: list[Any]) -> list[Any]:
     return gpus
 
 
-class SiteCacheAdvert(_Model):
-    """In ``hello``: this agent serves the mirror to its site's nodes (``fleet-agent run --site-cache``)."""
-
-    url: Annotated[str, Field(max_length=200, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]  # what neighbours dial
-
-
-class SiteCacheOffer(_Model):
-    """In ``welcome``: the site's cache. Nodes pull from ``url`` presenting ``token``; the cache node itself
-    also gets ``key``, which verifies its neighbours' tokens (fleet.lib.sitetoken)."""
-
-    site: Text(63, min_length=1)
-    url: Annotated[str, Field(max_length=200, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] | None = None
-    token: Annotated[str, Field(max_length=200, pattern=r"^fst1\.[0-9]+\.[0-9]+\.[0-9a-f]{64}$")] | None = None
-    key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-
-
 # ---- agent → server -------------------------------------------------------------------------------
 
 
@@ -283,20 +244,6 @@ class Pong(_Frame):
     nonce: ShortStr = ""
 
 
-class CacheReport(_Frame):
-    """From a site cache, every few seconds: what it holds and how much it saved the WAN."""
-
-    type: Literal["cache"]
-    disk_bytes: NonNegInt = 0
-    blobs: Count = 0
-    hits: NonNegInt = 0  # blob requests answered from disk
-    misses: NonNegInt = 0  # blob requests that waited on a fetch from the server
-    bytes_served: NonNegInt = 0  # to neighbours
-    bytes_upstream: NonNegInt = 0  # from the server
-    fetching: Count = 0
-    errors: NonNegInt = 0  # upstream fetches that failed (or failed verification)
-
-
 AgentFrame = Annotated[
     Hello | Metrics | MetricsBatch | CommandEvent | RuntimeReport | ChatDelta | ChatDone | ChatError | Pong
     | CacheReport,
@@ -383,13 +330,6 @@ class Ack(_Frame):
 
     type: Literal["ack"]
     seq: Count
-
-
-class Site(_Frame):
-    """The site's cache changed (one registered, or went away: ``site_cache`` None)."""
-
-    type: Literal["site"]
-    site_cache: SiteCacheOffer | None = None
 
 
 class Ping(_Frame):
