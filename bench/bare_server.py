@@ -1,6 +1,6 @@
 """The ceiling for bench/telemetry.py: a bare `websockets` server that only parses and counts frames.
 
-Writes ``<frames> <bytes>`` to the file given as argv[2] twice a second. Usage: bare_server.py PORT FILE
+Writes ``<frames> <bytes>`` to the file given as argv[2] ten times a second. Usage: bare_server.py PORT FILE
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ async def handler(ws) -> None:
 async def main(port: int, path: str) -> None:
     async with serve(handler, "127.0.0.1", port, max_size=2**20, ping_interval=None, backlog=4096):
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.1)
             with open(path + ".tmp", "w") as handle:
                 handle.write(f"{frames} {size}")
             os.replace(path + ".tmp", path)  # readers never see a half-written file

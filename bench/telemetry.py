@@ -1,14 +1,20 @@
 #!/usr/bin/env python
-"""Telemetry ingest benchmark: N simulated agents (asyncio tasks in a few processes) send 1 Hz metrics
-frames with 8 GPUs to a real Fleet server (Daphne, embedded default) and, in the same run, to a bare
-`websockets` server that only parses and counts the same frames (the ceiling).
+"""Telemetry ingest benchmark: how many agents (1 Hz metrics frames with 8 GPUs, asyncio tasks in a few
+generator processes) a server holds on this box, searched in one run for (a) a bare `websockets` server
+that only parses and counts the same frames (the ceiling), (b) Fleet with one Daphne process and (c)
+Fleet with two (FLEET_WEB_PROCESSES=2), both on the production path (PostgreSQL + Redis).
 
-Reports, per N: sustained frames/s (accepted by the server), server CPU, p50/p99 latency from an
-agent's send to a logged-in browser socket receiving the coalesced update (telemetry:node topics),
-and Fleet ÷ bare. ``--search`` doubles N until 1 Hz with p99 < 1 s no longer holds, then bisects.
+"Held" at N: every agent connected, >= 98% of the frames sent accepted, the agents still sending at 1 Hz
+(not told to slow down), and a browser socket on 16 node pages sees each update with p99 < 1 s, over a
+window of --duration seconds after the ramp and a warm-up. Then, at the largest N Fleet held with two
+processes: server memory per agent, the /metrics scrape time, the same N with 50 dashboards open, and a
+reconnect storm (all N agents online again after the server is restarted; N = --storm-nodes).
+The last line is one JSON object:
+{"bare_max_n", "fleet_max_n_1proc", "fleet_max_n_2proc", "ratio_1proc", "ratio_2proc", "p99_ms",
+ "rss_per_agent_kb", "reconnect_storm_s", ...}
 
-    .venv/bin/python bench/telemetry.py --nodes 500 --duration 10
-    .venv/bin/python bench/telemetry.py --search --max-nodes 8000 --profile
+    make bench-telemetry                                   # the whole search (~30 min on 2 cores)
+    .venv/bin/python bench/telemetry.py --nodes 500        # one N, Fleet with 1 and 2 processes and bare
 """
 
 from __future__ import annotations
@@ -17,214 +23,204 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PROBES = 16  # "browser" sockets, each subscribed to one node (16 open node pages)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 from telemetry_load import browser, frames, generator  # noqa: E402  (bench/ is on sys.path)
-
-# ---- servers ----------------------------------------------------------------------------------------------
-
-
-class Fleet:
-    def __init__(self, tmp: Path, nodes: int, heartbeat: float | None = None):
-        self.tmp = tmp
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "FLEET_"))}
-        self.env = {**inherited, "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_VAR_DIR": str(tmp / "var"),
-                    "FLEET_SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789",
-                    "FLEET_METRICS_ALLOW": "127.0.0.1", "FLEET_MAX_AGENT_CONNECTIONS": str(nodes + 100),
-                    "FLEET_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
-        if heartbeat:  # per-agent timers (ping, last_seen, command poll) scale with N / heartbeat
-            self.env.update(FLEET_HEARTBEAT_INTERVAL=str(heartbeat), FLEET_OFFLINE_AFTER=str(3 * heartbeat))
-        os.environ.update(self.env)
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        self.secrets, self.node_ids = self._nodes(nodes)
-        self.cookie = self._session()
-        self.process: subprocess.Popen | None = None
-
-    def _nodes(self, count: int) -> tuple[list[str], list[int]]:
-        from fleet.inventory.models import Node, NodeCredential
-        from fleet.lib.secrets import hash_secret, hint, new_secret
-
-        Node.objects.bulk_create([Node(name=f"bench-{i:05d}", hostname=f"bench-{i:05d}") for i in range(count)],
-                                 batch_size=2000)
-        nodes = list(Node.objects.order_by("name"))
-        secrets = [new_secret("fns") for _ in nodes]
-        NodeCredential.objects.bulk_create([NodeCredential(node=n, secret_hash=hash_secret(s), hint=hint(s))
-                                            for n, s in zip(nodes, secrets, strict=True)], batch_size=2000)
-        return secrets, [n.pk for n in nodes]
-
-    def _session(self) -> str:
-        from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-        from django.contrib.sessions.backends.db import SessionStore
-
-        user = get_user_model().objects.create_user("bench", password="bench-password-1", role="viewer")
-        session = SessionStore()
-        session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.save()
-        return f"sessionid={session.session_key}"
-
-    def start(self) -> str:
-        self.port = free_port()
-        self.log = open(self.tmp / "daphne.log", "a")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fleet.serve", "-b", "127.0.0.1", "-p", str(self.port), "fleet.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{self.port}"
-        for _ in range(150):
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(base + "/accounts/login/", timeout=2).close()
-                return base
-            time.sleep(0.2)
-        raise RuntimeError("daphne did not start; see " + str(self.tmp / "daphne.log"))
-
-    def frames(self) -> float:
-        url = f"http://127.0.0.1:{self.port}/metrics?name[]=fleet_telemetry_frames_total"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("fleet_telemetry_frames_total "):
-                    return float(line.split()[1])
-        return 0.0
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-class Bare:
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> str:
-        self.port = free_port()
-        self.count_file = self.tmp / "bare.count"
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_server.py"), str(self.port),
-                                         str(self.count_file)], cwd=ROOT)
-        for _ in range(100):
-            if self.count_file.exists():
-                return f"http://127.0.0.1:{self.port}"
-            time.sleep(0.1)
-        raise RuntimeError("bare server did not start")
-
-    def frames(self) -> float:
-        return float(self.count_file.read_text().split()[0])
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
+from telemetry_servers import Bare, Fleet, tree_cpu, tree_rss  # noqa: E402
 
 # ---- one phase --------------------------------------------------------------------------------------------
 
 
-def phase(server: Fleet | Bare, secrets: list[str], node_ids: list[int], args: argparse.Namespace,
+def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int = 1, dashboards: int = 0,
           profile_to: Path | None = None) -> dict:
-    import psutil
-
-    n = len(secrets)
     bare = isinstance(server, Bare)
-    base = server.start()
+    if not bare:
+        server.reset()
+    base = server.start(processes)
+    time.sleep(1.0)
+    rss_idle = tree_rss(server.process.pid)
+    agents = list(enumerate(server.secrets[:n]))
     url = base.replace("http://", "ws://") + ("/" if bare else "/ws/agent/")
     ramp = max(2.0, n / args.connect_rate)
     start_at = time.time() + 1.0
-    settle = args.settle if args.settle is not None else max(5.0, n / 150)  # hellos finish, backlog drains
+    settle = args.settle if args.settle is not None else max(5.0, n / 300)  # hellos finish, backlog drains
     window = (start_at + ramp + settle, start_at + ramp + settle + args.duration)
     stop_at = window[1] + 0.5
     queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=generator, args=(url, secrets[i::args.procs], start_at, ramp, window, stop_at,
+    procs = [mp.Process(target=generator, args=(url, agents[i::args.procs], start_at, ramp, window, stop_at,
                                                 bare, args.gpus, queue)) for i in range(args.procs)]
     for proc in procs:
         proc.start()
     latencies: list[float] = []
-    proc_info = psutil.Process(server.process.pid)
+    pid = server.process.pid
+    extra: dict = {}
 
     async def measure() -> tuple[float, float, float]:
         browser_task = None
         if not bare:
-            probes = node_ids[: min(PROBES, n)]
-            browser_task = asyncio.create_task(browser(base, server.cookie, probes, window, latencies, stop_at))
+            probes = server.node_ids[: min(PROBES, n)]
+            browser_task = asyncio.create_task(browser(base, server.cookie, probes, window, latencies, stop_at,
+                                                       dashboards))
         await asyncio.sleep(max(0.0, window[0] - time.time()))
-        c0, cpu0 = server.frames(), sum(proc_info.cpu_times()[:2])
+        c0, t0 = await asyncio.to_thread(fresh, server.frames)
+        cpu0 = tree_cpu(pid)
         spy = None
         py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if profile_to is not None and py_spy:
-            command = [py_spy, "record", "-p", str(server.process.pid), "-d", str(int(args.duration)), "-r", "50",
-                       "-f", "raw", "-o", str(profile_to)]
+            command = [py_spy, "record", "-p", str(pid), "-d", str(int(args.duration)), "-r", "50",
+                       "-f", "raw", "-o", str(profile_to), "--subprocesses"]
             spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(max(0.0, window[1] - time.time()))
-        c1, cpu1 = server.frames(), sum(proc_info.cpu_times()[:2])
+        c1, t1 = await asyncio.to_thread(fresh, server.frames)
+        cpu1 = tree_cpu(pid)
+        extra["rss_end"] = tree_rss(pid)
+        if not bare:
+            extra["scrape_s"] = await asyncio.to_thread(lambda: server.scrape()[1])
         if spy is not None:
             spy.wait(30)
         if browser_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(browser_task, stop_at - time.time() + 5)
-        return c1 - c0, cpu1 - cpu0, window[1] - window[0]
+        return (c1 - c0) / (t1 - t0), cpu1 - cpu0, window[1] - window[0]
 
     try:
-        frames_done, cpu, seconds = asyncio.run(measure())
+        accepted_rate, cpu, seconds = asyncio.run(measure())
         stats = collections.Counter()
         for _ in procs:
             stats.update(queue.get(timeout=max(30.0, stop_at - time.time() + 60)))
-    finally:
         for proc in procs:
             proc.join(30)
+        time.sleep(5.0)  # the agents have left: memory should return near idle
+        extra["rss_after"] = tree_rss(pid)
+    finally:
+        for proc in procs:
+            proc.join(1)
             if proc.is_alive():
                 proc.kill()
         server.stop()
     latencies.sort()
     pct = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (lambda q: None)
-    return {"n": n, "server": "bare" if bare else "fleet", "frames_per_s": frames_done / seconds,
-            "sent_per_s": stats["sent"] / seconds, "cpu_percent": 100 * cpu / seconds,
-            "connected": stats["connected"], "control_frames": stats["control"],
+    sent = stats["sent"] / seconds
+    return {"n": n, "server": "bare" if bare else f"fleet/{processes}", "frames_per_s": accepted_rate,
+            "sent_per_s": sent, "accepted": accepted_rate / sent if sent else 0.0,
+            "cpu_percent": 100 * cpu / seconds, "connected": stats["connected"], "control_frames": stats["control"],
             "failures": {k: v for k, v in stats.items() if k.startswith(("connect_failed", "dropped"))},
-            "p50": pct(0.5), "p99": pct(0.99), "samples": len(latencies)}
+            "p50": pct(0.5), "p99": pct(0.99), "samples": len(latencies), "dashboards": dashboards,
+            "rss_idle": rss_idle, **extra}
+
+
+def fresh(read) -> tuple[float, float]:
+    """A counter the server publishes in steps (every 0.1-0.5 s) read just after it stepped, with the
+    time: rates from two such reads are not off by a step's worth."""
+    first = read()
+    deadline = time.time() + 2.0
+    while time.time() < deadline:
+        time.sleep(0.02)
+        value = read()
+        if value != first:
+            return value, time.time()
+    return first, time.time()
 
 
 def holds(result: dict) -> bool:
-    return (result["frames_per_s"] >= 0.95 * result["n"] and result["p99"] is not None and result["p99"] < 1.0
-            and result["connected"] == result["n"])
+    n = result["n"]
+    latency_ok = result["server"] == "bare" or (result["p99"] is not None and result["p99"] < 1.0)
+    return (result["connected"] == n and result["accepted"] >= 0.98 and result["sent_per_s"] >= 0.95 * n
+            and latency_ok)
 
 
 def show(result: dict) -> None:
-    lat = (f"p50 {result['p50'] * 1000:6.0f} ms  p99 {result['p99'] * 1000:6.0f} ms ({result['samples']} updates)"
+    lat = (f"p50 {result['p50'] * 1000:5.0f} ms p99 {result['p99'] * 1000:6.0f} ms ({result['samples']})"
            if result["p50"] is not None else "latency n/a")
-    print(f"  {result['server']:5s} N={result['n']:6d}  accepted {result['frames_per_s']:8.0f} frames/s "
-          f"(sent {result['sent_per_s']:8.0f})  server CPU {result['cpu_percent']:4.0f}%  "
-          f"connected {result['connected']}/{result['n']}  {lat}"
+    mib = 1024 * 1024
+    memory = (f"  RSS {result['rss_idle'] / mib:.0f}→{result['rss_end'] / mib:.0f}→{result['rss_after'] / mib:.0f} MiB"
+              if "rss_after" in result else "")
+    print(f"  {result['server']:7s} N={result['n']:6d}  accepted {result['frames_per_s']:7.0f}/s "
+          f"({100 * result['accepted']:5.1f}% of {result['sent_per_s']:.0f}/s sent)"
+          f"  CPU {result['cpu_percent']:4.0f}%  "
+          f"connected {result['connected']}/{result['n']}  {lat}{memory}"
+          + (f"  /metrics {result['scrape_s']:.2f}s" if "scrape_s" in result else "")
+          + (f"  dashboards {result['dashboards']}" if result["dashboards"] else "")
           + (f"  control frames {result['control_frames']}" if result["control_frames"] else "")
-          + (f"  retried: {result['failures']}" if result["failures"] else ""), flush=True)
+          + (f"  retried: {result['failures']}" if result["failures"] else "")
+          + ("  HELD" if holds(result) else "  not held"), flush=True)
+
+
+def search(run, start: int, limit: int) -> tuple[int, dict | None]:
+    """Double N from ``start`` until a run does not hold (or ``limit``), then bisect twice; the largest N
+    held and its result."""
+    good, best, bad, n = 0, None, None, start
+    while n <= limit:
+        result = run(n)
+        if not holds(result):
+            bad = n
+            break
+        good, best, n = n, result, n * 2
+    for _ in range(2):
+        if bad is None or bad - good <= max(50, good // 10):
+            break
+        middle = (good + bad) // 2
+        result = run(middle)
+        if holds(result):
+            good, best = middle, result
+        else:
+            bad = middle
+    return good, best
+
+
+def storm(fleet: Fleet, n: int, args: argparse.Namespace, processes: int) -> float | None:
+    """Seconds from a restart of the server processes until all N agents have a welcome again."""
+    fleet.reset()
+    base = fleet.start(processes)
+    port = fleet.port
+    url = base.replace("http://", "ws://") + "/ws/agent/"
+    welcomes = mp.Value("i", 0)
+    queue: mp.Queue = mp.Queue()
+    agents = list(enumerate(fleet.secrets[:n]))
+    start_at, far = time.time() + 1.0, time.time() + 3600
+    procs = [mp.Process(target=generator, args=(url, agents[i::args.procs], start_at, max(2.0, n / args.connect_rate),
+                                                (far, far), far, False, args.gpus, queue, welcomes))
+             for i in range(args.procs)]
+    for proc in procs:
+        proc.start()
+    took = None
+    try:
+        deadline = time.time() + 120 + n / 50
+        while welcomes.value < n and time.time() < deadline:
+            time.sleep(0.2)
+        if welcomes.value < n:
+            print(f"  storm: only {welcomes.value}/{n} agents connected before the restart", flush=True)
+            return None
+        time.sleep(3.0)
+        before = welcomes.value
+        restarted = time.monotonic()
+        fleet.stop()
+        fleet.start(processes, port=port)
+        deadline = time.monotonic() + 180
+        while welcomes.value - before < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        back = welcomes.value - before
+        took = time.monotonic() - restarted if back >= n else None
+        print(f"  storm: {back}/{n} agents online again "
+              + (f"{took:.1f} s after the restart began" if took is not None else "within 180 s"), flush=True)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.join(5)
+        fleet.stop()
+    return took
 
 
 def summarize_profile(path: Path, top: int = 18) -> None:
@@ -265,85 +261,101 @@ def summarize_profile(path: Path, top: int = 18) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, default=200, help="agents for a single run (default 200)")
-    parser.add_argument("--search", action="store_true", help="search the largest N holding 1 Hz with p99 < 1 s")
-    parser.add_argument("--start", type=int, default=250, help="first N of the search")
-    parser.add_argument("--max-nodes", type=int, default=4000, help="the search stops here")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
+    parser.add_argument("--nodes", type=int, default=None, help="one N instead of the search")
+    parser.add_argument("--start", type=int, default=500, help="first N of Fleet's search (bare starts at 4x)")
+    parser.add_argument("--max-nodes", type=int, default=16000, help="the search stops here")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per phase (default 20)")
     parser.add_argument("--settle", type=float, default=None,
-                        help="seconds between the ramp and the window (default max(5, N/150))")
-    parser.add_argument("--connect-rate", type=float, default=400.0, help="agent connections opened per second")
+                        help="seconds between the ramp and the window (default max(5, N/300))")
+    parser.add_argument("--connect-rate", type=float, default=800.0, help="agent connections opened per second")
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--gpus", type=int, choices=(4, 8), default=8)
+    parser.add_argument("--storm-nodes", type=int, default=2000, help="agents in the reconnect storm (0: skip)")
+    parser.add_argument("--dashboards", type=int, default=50, help="open dashboards for the extra point (0: skip)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="Fleet on its embedded default (SQLite, in-memory layer; 1 process only)")
     parser.add_argument("--heartbeat", type=float, default=None,
                         help="FLEET_HEARTBEAT_INTERVAL for the server (default: Fleet's default, 5 s)")
-    parser.add_argument("--no-bare", action="store_true", help="skip the bare websockets ceiling")
-    parser.add_argument("--profile", action="store_true", help="py-spy the Fleet server at the largest N")
+    parser.add_argument("--profile", action="store_true", help="py-spy the Fleet server at its largest N")
     args = parser.parse_args()
-    for name in ("nodes", "start", "max_nodes", "procs"):
+    for name in ("start", "max_nodes", "procs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.nodes is not None and args.nodes < 1:
+        parser.error("--nodes must be at least 1")
     if args.duration < 2:
         parser.error("--duration must be at least 2 seconds")
 
     hello, prefix, suffix = frames(args.gpus)
-    top = max(args.max_nodes if args.search else args.nodes, args.nodes)
+    top = max(args.nodes or args.max_nodes, args.storm_nodes)
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    path = "embedded default (SQLite, in-memory layer)" if args.embedded else "PostgreSQL + Redis"
     print(f"fleet telemetry bench: {os.cpu_count()} CPUs, frame {len(prefix) + len(suffix) + 18} bytes "
-          f"({args.gpus} GPUs), {args.procs} generator processes, {args.duration:g} s windows; setting up {top} nodes",
-          flush=True)
-    fleet = Fleet(tmp, top, args.heartbeat)
+          f"({args.gpus} GPUs), {args.procs} generator processes, {args.duration:g} s windows, Fleet on {path}; "
+          f"setting up {top} nodes", flush=True)
+    fleet = Fleet(tmp, top, production=not args.embedded, heartbeat=args.heartbeat)
     bare = Bare(tmp)
-    results: dict[int, dict[str, dict]] = {}
+    bare.secrets = fleet.secrets
     profile_path = tmp / "profile.txt"
-
-    def run(n: int, profile: bool = False) -> dict:
-        fleet_result = phase(fleet, fleet.secrets[:n], fleet.node_ids[:n], args, profile_path if profile else None)
-        show(fleet_result)
-        results.setdefault(n, {})["fleet"] = fleet_result
-        if not args.no_bare:
-            bare_result = phase(bare, fleet.secrets[:n], fleet.node_ids[:n], args)
-            show(bare_result)
-            results[n]["bare"] = bare_result
-            ratio = fleet_result["frames_per_s"] / bare_result["frames_per_s"] if bare_result["frames_per_s"] else 0
-            print(f"  → Fleet ÷ bare at N={n}: {ratio:.2f}", flush=True)
-        return fleet_result
-
+    kinds = [("bare", bare, 1), ("fleet_1proc", fleet, 1)] + ([] if args.embedded else [("fleet_2proc", fleet, 2)])
+    report: dict = {}
+    held: dict[str, tuple[int, dict | None]] = {}
     try:
-        if not args.search:
-            run(args.nodes, profile=args.profile)
-        else:
-            good, bad, n = 0, None, args.start
-            while n <= args.max_nodes:
-                if holds(run(n)):
-                    good, n = n, n * 2
-                else:
-                    bad = n
-                    break
-            for _ in range(2):  # bisect twice between the last good and the first bad N
-                if bad is None or bad - good <= max(50, good // 10):
-                    break
-                middle = (good + bad) // 2
-                if holds(run(middle)):
-                    good = middle
-                else:
-                    bad = middle
-            print(f"\nlargest N holding 1 Hz with p99 < 1 s: {good or 'none tested'}"
-                  + (f" (fails at {bad})" if bad else f" (search stopped at --max-nodes {args.max_nodes})"))
+        for name, server, processes in kinds:
+            print(f"{name}:", flush=True)
+
+            def run(n: int, server=server, processes=processes) -> dict:
+                result = phase(server, n, args, processes)
+                show(result)
+                return result
+
+            if args.nodes:
+                result = run(args.nodes)
+                held[name] = (args.nodes if holds(result) else 0, result)
+            else:
+                start = args.start * 4 if server is bare else args.start
+                held[name] = search(run, start, args.max_nodes)
+                print(f"  → largest N held: {held[name][0]}", flush=True)
+        bare_n = held["bare"][0]
+        report["bare_max_n"] = bare_n
+        for name in [k for k, _, _ in kinds if k != "bare"]:
+            report[f"{name.replace('fleet_', 'fleet_max_n_')}"] = held[name][0]
+            report[f"ratio_{name.split('_')[1]}"] = round(held[name][0] / bare_n, 3) if bare_n else None
+        last = "fleet_2proc" if "fleet_2proc" in held else "fleet_1proc"
+        best_n, best = held[last]
+        processes = 2 if last == "fleet_2proc" else 1
+        if best is not None and best_n:
+            report["p99_ms"] = round(best["p99"] * 1000) if best["p99"] is not None else None
+            report["rss_per_agent_kb"] = round((best["rss_end"] - best["rss_idle"]) / best_n / 1024, 1)
+            report["rss_idle_mb"] = round(best["rss_idle"] / 2**20)
+            report["rss_after_agents_left_mb"] = round(best["rss_after"] / 2**20)
+            report["metrics_scrape_s"] = round(best["scrape_s"], 2)
+            if args.dashboards:
+                print(f"{last} at N={best_n} with {args.dashboards} dashboards open:", flush=True)
+                crowded = phase(fleet, best_n, args, processes, dashboards=args.dashboards)
+                show(crowded)
+                report["with_dashboards"] = {
+                    "dashboards": args.dashboards, "held": holds(crowded),
+                    "p99_ms": round(crowded["p99"] * 1000) if crowded["p99"] is not None else None,
+                    "frames_per_s": round(crowded["frames_per_s"]), "frames_per_s_without": round(best["frames_per_s"])}
             if args.profile:
-                print(f"profiling the Fleet server at N={bad or good}:")
-                run(bad or good, profile=True)
-        if args.profile:
-            summarize_profile(profile_path)
-        best = max(results.values(), key=lambda r: r["fleet"]["frames_per_s"])
-        if "bare" in best:
-            print(f"\nsustained frames/s: Fleet {best['fleet']['frames_per_s']:.0f} vs bare "
-                  f"{best['bare']['frames_per_s']:.0f} at N={best['fleet']['n']} "
-                  f"(ratio {best['fleet']['frames_per_s'] / max(1, best['bare']['frames_per_s']):.2f}; target ≥ 0.5)")
+                print(f"profiling {last} at N={best_n}:", flush=True)
+                show(phase(fleet, best_n, args, processes, profile_to=profile_path))
+                summarize_profile(profile_path)
+        if args.storm_nodes:
+            print(f"reconnect storm, {args.storm_nodes} agents, Fleet with {processes} process(es):", flush=True)
+            took = storm(fleet, args.storm_nodes, args, processes)
+            report["reconnect_storm_s"] = round(took, 1) if took is not None else None
+            report["storm_n"] = args.storm_nodes
     finally:
         fleet.stop()
         bare.stop()
+        fleet.drop()
+        log = tmp / "daphne.log"
+        if log.exists() and "Traceback" in log.read_text():
+            print("server log (last lines):\n" + "\n".join(log.read_text().splitlines()[-25:]))
         shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(report))
     return 0
 
 

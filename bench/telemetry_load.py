@@ -14,7 +14,9 @@ import time
 
 
 def frames(gpus: int) -> tuple[str, str, str]:
-    """(hello JSON, metrics prefix, metrics suffix): a frame is prefix + ts + suffix (no per-send dumps)."""
+    """(hello JSON, metrics prefix, metrics suffix): a frame is prefix + ts + suffix (no per-send dumps).
+    Every agent must claim its own GPUs (the server refuses a UUID another online node reports):
+    ``agent_frames`` makes each agent's copy."""
     from fleet.agent.collectors.simulated import SimulatedCollector
     from fleet.agent.protocol import Hello, HostFacts, Metrics, dump
 
@@ -27,19 +29,30 @@ def frames(gpus: int) -> tuple[str, str, str]:
     return hello, prefix, suffix
 
 
+def agent_frames(base: tuple[str, str, str], number: int) -> tuple[str, str, str]:
+    """This agent's copy of the frames: the GPU UUIDs end in its number (same length, same shape)."""
+    hello, prefix, suffix = base
+    for uuid in {part.split('"', 1)[0] for part in hello.split('"uuid":"')[1:]}:
+        own = uuid[:-8] + f"{number:08x}"
+        hello, prefix, suffix = (text.replace(uuid, own) for text in (hello, prefix, suffix))
+    return hello, prefix, suffix
+
+
 # ---- load generator (one process, many agents) ----------------------------------------------------------
 
 
-def generator(url: str, secrets: list[str], start_at: float, ramp: float, window: tuple[float, float],
-              stop_at: float, bare: bool, gpus: int, out: mp.Queue) -> None:
+def generator(url: str, secrets: list[tuple[int, str]], start_at: float, ramp: float, window: tuple[float, float],
+              stop_at: float, bare: bool, gpus: int, out: mp.Queue, welcomes=None) -> None:
+    """Agents ``(number, secret)`` of this process; ``welcomes`` (a shared counter) counts welcome frames."""
     import websockets
 
-    hello, prefix, suffix = frames(gpus)
+    base = frames(gpus)
     stats = collections.Counter()
 
-    async def agent(secret: str, delay: float) -> None:
+    async def agent(number: int, secret: str, delay: float) -> None:
         """Like the real agent: connect (retrying with backoff, as websockets' reconnect loop does), hello,
         then a frame every interval until the end; a refused or dropped connection is retried."""
+        hello, prefix, suffix = agent_frames(base, number)
         await asyncio.sleep(max(0.0, start_at + delay - time.time()))
         backoff = 1.0
         interval = [1.0]
@@ -55,11 +68,15 @@ def generator(url: str, secrets: list[str], start_at: float, ramp: float, window
                 await asyncio.sleep(backoff * (0.5 + (hash((secret, backoff)) % 100) / 100))
                 backoff = min(backoff * 2, 8.0)
                 continue
+            backoff = 1.0
 
             async def reader(ws=ws) -> None:
                 with contextlib.suppress(Exception):
                     async for message in ws:
                         frame = json.loads(message)
+                        if frame.get("type") == "welcome" and welcomes is not None:
+                            with welcomes.get_lock():
+                                welcomes.value += 1
                         if frame.get("type") in ("welcome", "control"):
                             interval[0] = frame["metrics_interval"]
                             stats["control"] += frame["type"] == "control"
@@ -82,13 +99,14 @@ def generator(url: str, secrets: list[str], start_at: float, ramp: float, window
                     await ws.close()
             except Exception as exc:
                 stats[f"dropped:{type(exc).__name__}"] += 1
+                await asyncio.sleep(backoff * (0.5 + (hash((secret, backoff)) % 100) / 100))
             finally:
                 if read is not None:
                     read.cancel()
 
     async def main() -> None:
         spread = ramp / max(1, len(secrets))
-        await asyncio.gather(*(agent(s, i * spread) for i, s in enumerate(secrets)))
+        await asyncio.gather(*(agent(number, s, i * spread) for i, (number, s) in enumerate(secrets)))
 
     asyncio.run(main())
     out.put(dict(stats))
@@ -98,8 +116,22 @@ def generator(url: str, secrets: list[str], start_at: float, ramp: float, window
 
 
 async def browser(base: str, cookie: str, node_ids: list[int], window: tuple[float, float],
-                  latencies: list[float], stop_at: float) -> None:
-    await asyncio.gather(*(node_page(base, cookie, n, window, latencies, stop_at) for n in node_ids))
+                  latencies: list[float], stop_at: float, dashboards: int = 0) -> None:
+    await asyncio.gather(*(node_page(base, cookie, n, window, latencies, stop_at) for n in node_ids),
+                         *(dashboard(base, cookie, stop_at) for _ in range(dashboards)))
+
+
+async def dashboard(base: str, cookie: str, stop_at: float) -> None:
+    """An open overview page: the fleet heatmap topic, every update read and decoded."""
+    import websockets
+
+    url = base.replace("http://", "ws://") + "/ws/live/"
+    async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": base},
+                                  max_size=2**26, open_timeout=60) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topics": ["telemetry:fleet"]}))
+        with contextlib.suppress(TimeoutError):
+            while time.time() < stop_at:
+                json.loads(await asyncio.wait_for(ws.recv(), max(0.1, stop_at - time.time())))
 
 
 async def node_page(base: str, cookie: str, node_id: int, window: tuple[float, float],

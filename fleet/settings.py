@@ -97,8 +97,10 @@ def _channel_layers() -> dict:
                 # redis-py 8 reads with a 5 s socket timeout by default, which races channels_redis's
                 # 5 s blocking BZPOPMIN on every idle channel: consumers died with "Timeout reading"
                 # (close 1011) every few seconds. A read timeout well above the blocking one keeps
-                # a dead Redis detectable.
-                "hosts": [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                # a dead Redis detectable. Its pools also stop at 100 connections, and every agent
+                # connect sends to and joins a group at once: a reconnect storm needs more.
+                "hosts": [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5,
+                           "max_connections": env_int("FLEET_REDIS_MAX_CONNECTIONS", 1000, minimum=10)}],
                 "prefix": env_str("FLEET_CHANNEL_PREFIX", "fleet"),
                 "capacity": 1000,
                 "expiry": 30,
