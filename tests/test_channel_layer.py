@@ -30,3 +30,16 @@ async def test_an_idle_channel_outlives_the_blocking_read(services, monkeypatch)
         sender.cancel()
         await layer.flush()
     assert message == {"type": "hello"}
+
+
+async def test_a_connect_storm_of_group_operations_fits_the_pool(services, monkeypatch):
+    # Every agent connect sends to its node group and joins it; redis-py 8 pools stop at 100 connections
+    # by default and raised MaxConnectionsError at the 101st concurrent operation.
+    monkeypatch.setenv("REDIS_URL", services["redis"])
+    monkeypatch.setenv("FLEET_CHANNEL_PREFIX", f"layer-test-{uuid.uuid4().hex[:6]}")
+    layer = RedisChannelLayer(**_channel_layers()["default"]["CONFIG"])
+    try:
+        await asyncio.gather(*(layer.group_send(f"node.{i}", {"type": "agent.replace"}) for i in range(400)),
+                             *(layer.group_add(f"node.{i}", f"specific.storm!{i}") for i in range(400)))
+    finally:
+        await layer.flush()
