@@ -94,7 +94,11 @@ def _channel_layers() -> dict:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [url],
+                # redis-py 8 reads with a 5 s socket timeout by default, which races channels_redis's
+                # 5 s blocking BZPOPMIN on every idle channel: consumers died with "Timeout reading"
+                # (close 1011) every few seconds. A read timeout well above the blocking one keeps
+                # a dead Redis detectable.
+                "hosts": [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}],
                 "prefix": env_str("FLEET_CHANNEL_PREFIX", "fleet"),
                 "capacity": 1000,
                 "expiry": 30,
