@@ -1,8 +1,11 @@
 """The agent ↔ server wire format (JSON over one websocket). Owned by the agent; the server imports it
-(this module re-exports protocol_base's bounds and protocol_site's frames: one import for every frame).
+(this module re-exports protocol_base's bounds, protocol_metrics' and protocol_site's frames and
+protocol_compact's encoder: one import for every frame).
 
-Every frame is ``{"type": ..., "v": PROTOCOL_VERSION, ...}``. Parsing goes through pydantic once; a
-failure becomes an ``error`` frame whose ``detail`` names the field and what is wrong with it.
+Every frame is ``{"type": ..., "v": PROTOCOL_VERSION, ...}``; a ``metrics`` frame may also come as
+``"v": 2``, its compact encoding, to a server whose ``welcome`` lists 2 in ``protocols``. Parsing is one
+pass of pydantic-core over the JSON text; a failure becomes an ``error`` frame whose ``detail`` names the
+field and what is wrong with it.
 """
 
 from __future__ import annotations
