@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from fleet.agent.buffer import BATCH_BYTES, MetricsBuffer
-from fleet.agent.protocol import Ack, Error, HostSample, Metrics, MetricsBatch, Welcome, dump
+from fleet.agent.protocol import Ack, Error, HostSample, Metrics, MetricsBatch, Welcome, dump_metrics
 
 if TYPE_CHECKING:
     from fleet.agent.collectors import Collector
@@ -70,6 +70,7 @@ class MetricsSender:
         self.metrics_interval = interval
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        protocols = self.welcome.protocols if self.welcome else None  # [1, 2]: the compact encoding too
         self._streams(+1)
         try:
             await self.catch_up(ws)  # first what was sampled while the socket was down, oldest first
@@ -80,7 +81,7 @@ class MetricsSender:
                 sample = await self.metrics()
                 self.sampled_at = loop.time()
                 try:
-                    await ws.send(dump(sample))
+                    await ws.send(dump_metrics(sample, protocols))
                 except ConnectionClosed:
                     self.buffer.add(sample)
                     raise

@@ -1,8 +1,11 @@
 """The agent ↔ server wire format (JSON over one websocket). Owned by the agent; the server imports it
-(this module re-exports protocol_base's bounds and protocol_site's frames: one import for every frame).
+(this module re-exports protocol_base's bounds, protocol_metrics' and protocol_site's frames and
+protocol_compact's encoder: one import for every frame).
 
-Every frame is ``{"type": ..., "v": PROTOCOL_VERSION, ...}``. Parsing goes through pydantic once; a
-failure becomes an ``error`` frame whose ``detail`` names the field and what is wrong with it.
+Every frame is ``{"type": ..., "v": PROTOCOL_VERSION, ...}``; a ``metrics`` frame may also come as
+``"v": 2``, its compact encoding, to a server whose ``welcome`` lists 2 in ``protocols``. Parsing is one
+pass of pydantic-core over the JSON text; a failure becomes an ``error`` frame whose ``detail`` names the
+field and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from fleet.agent.protocol_base import (  # noqa: F401 - re-exported: the wire format's one import
+    COMPACT_METRICS_VERSION,
     MAX_FRAME_BYTES,
+    MAX_GPUS,
     MAX_INT,
     MAX_INT32,
     MAX_RATE,
     MAX_TS,
     PROTOCOL_VERSION,
     Count,
+    FrameError,
     GpuIndex,
     GpuUuid,
     Labels,
@@ -35,6 +41,16 @@ from fleet.agent.protocol_base import (  # noqa: F401 - re-exported: the wire fo
     Timestamp,
     _Frame,
     _Model,
+)
+from fleet.agent.protocol_compact import compact_loc, dump_compact, looks_compact, parse_compact, parse_compact_json
+from fleet.agent.protocol_metrics import (  # noqa: F401
+    GpuProcess,
+    GpuSample,
+    HostSample,
+    Metrics,
+    MetricsBatch,
+    MetricsPoint,
+    distinct_gpus,
 )
 from fleet.agent.protocol_site import CacheReport, Site, SiteCacheAdvert, SiteCacheOffer  # noqa: F401
 
@@ -66,41 +82,6 @@ class GpuInfo(_Model):
 class ModelRef(_Model):
     repo: RepoId
     sha: Sha
-
-
-class GpuProcess(_Model):
-    pid: NonNegInt
-    used_memory_bytes: NonNegInt | None = None
-    name: ShortStr | None = None
-
-
-class GpuSample(_Model):
-    index: GpuIndex
-    uuid: GpuUuid
-    lost: bool = False
-    utilization_gpu: Percent | None = None
-    utilization_memory: Percent | None = None
-    memory_used_bytes: NonNegInt | None = None
-    memory_total_bytes: NonNegInt | None = None
-    temperature_c: Annotated[float, Field(ge=-273.15, le=1000)] | None = None
-    power_w: Annotated[float, Field(ge=0, le=1e6)] | None = None
-    power_limit_w: Annotated[float, Field(ge=0, le=1e6)] | None = None
-    sm_clock_mhz: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
-    mem_clock_mhz: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
-    fan_percent: Percent | None = None
-    energy_j: Annotated[float, Field(ge=0, le=1e18)] | None = None
-    ecc_corrected: NonNegInt | None = None
-    ecc_uncorrected: NonNegInt | None = None
-    xids: Annotated[list[Count], Field(max_length=64)] = []
-    processes: Annotated[list[GpuProcess], Field(max_length=256)] = []
-
-
-class HostSample(_Model):
-    cpu_percent: Percent | None = None
-    memory_used_bytes: NonNegInt | None = None
-    memory_total_bytes: NonNegInt | None = None
-    disk_used_bytes: NonNegInt | None = None
-    disk_total_bytes: NonNegInt | None = None
 
 
 class ChatMessage(_Model):
@@ -137,18 +118,6 @@ class RuntimeStatus(_Model):
     log_tail: Annotated[list[Text(400)], Field(max_length=50)] = []  # last lines of its log
 
 
-def _distinct(gpus: list[Any]) -> list[Any]:
-    """One entry per GPU: a repeated uuid or index would make two rows (or series) of one device."""
-    for key in ("uuid", "index"):
-        seen: set[Any] = set()
-        for gpu in gpus:
-            value = getattr(gpu, key)
-            if value in seen:
-                raise ValueError(f"two GPUs have {key} {value!r}; each GPU must appear once")
-            seen.add(value)
-    return gpus
-
-
 # ---- agent → server -------------------------------------------------------------------------------
 
 
@@ -168,38 +137,7 @@ class Hello(_Frame):
     @field_validator("gpus")
     @classmethod
     def _distinct_gpus(cls, gpus: list[GpuInfo]) -> list[GpuInfo]:
-        return _distinct(gpus)
-
-
-class Metrics(_Frame):
-    type: Literal["metrics"]
-    ts: Timestamp
-    gpus: Annotated[list[GpuSample], Field(max_length=256)] = []
-    host: HostSample | None = None
-
-    @field_validator("gpus")
-    @classmethod
-    def _distinct_gpus(cls, gpus: list[GpuSample]) -> list[GpuSample]:
-        return _distinct(gpus)
-
-
-class MetricsPoint(_Model):
-    """One buffered sample in a catch-up batch (processes left out: they only matter now)."""
-
-    ts: Timestamp
-    gpus: Annotated[list[GpuSample], Field(max_length=256)] = []
-    host: HostSample | None = None
-
-
-class MetricsBatch(_Frame):
-    """Samples taken while the socket was down, sent after a reconnect. ``sent`` is the agent's clock
-    at sending, so the server can map ``ts`` onto its own clock."""
-
-    type: Literal["metrics.batch"]
-    sent: Timestamp
-    seq: Count = 0  # the server acknowledges each batch it took (``ack``); only then are points dropped
-    dropped: NonNegInt = 0  # points the agent's bounded buffer lost (oldest first) since its last report
-    points: Annotated[list[MetricsPoint], Field(min_length=1, max_length=600)]
+        return distinct_gpus(gpus)
 
 
 class CommandEvent(_Frame):
@@ -263,6 +201,8 @@ class Welcome(_Frame):
     mirror_url: Str = ""
     max_metrics_frame_bytes: Annotated[int, Field(gt=0)] | None = None  # catch-up batches must fit it
     site_cache: SiteCacheOffer | None = None  # this node's site has a cache: pull from it
+    # Versions the server reads (e.g. [1, 2]: compact metrics too). None, as from an older server: 1 only.
+    protocols: Annotated[list[Annotated[int, Field(ge=1, le=MAX_INT32)]], Field(max_length=16)] | None = None
 
 
 class Deploy(_Frame):
@@ -353,24 +293,13 @@ _agent_adapter: TypeAdapter = TypeAdapter(AgentFrame)
 _server_adapter: TypeAdapter = TypeAdapter(ServerFrame)
 
 
-class FrameError(ValueError):
-    """A frame that cannot be accepted; ``code`` and ``detail`` go back in an ``error`` frame."""
-
-    def __init__(self, code: str, detail: str):
-        detail = detail[:500]  # it goes back in an `error` frame, whose detail is bounded
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
-
-    def to_frame(self) -> dict[str, Any]:
-        return {"type": "error", "v": PROTOCOL_VERSION, "code": self.code, "detail": self.detail}
-
-
-def _describe(error: ValidationError, tagged: bool) -> str:
+def _describe(error: ValidationError, tagged: bool, compact: bool = False) -> str:
     first = error.errors(include_url=False)[0]
     loc = list(first.get("loc", ()))
     if tagged and loc:
         loc = loc[1:]  # the first element is the discriminator value ("hello"), not a field
+    if compact:
+        loc = compact_loc(loc)
     # A dict key is the agent's own text: quoted and cut, so the field path stays one readable token.
     parts = ["key" if part == "[key]" else str(part) if isinstance(part, int) or str(part).isidentifier()
              else "[" + re.sub(r"[^\w.-]", "?", str(part)[:40]) + "]" for part in loc]
@@ -380,10 +309,33 @@ def _describe(error: ValidationError, tagged: bool) -> str:
     return f"{field[:200]}: {message}{extra}"
 
 
-def _parse(data: str | bytes, adapter: TypeAdapter, max_bytes: int) -> Any:
-    size = len(data.encode() if isinstance(data, str) else data)
+def _check_size(data: str | bytes, max_bytes: int) -> None:
+    if isinstance(data, str):
+        if len(data) * 4 <= max_bytes:
+            return  # UTF-8 takes at most 4 bytes a character: no need to encode it to know
+        size = len(data.encode("utf-8", "surrogatepass"))  # a lone surrogate is refused later, as text
+    else:
+        size = len(data)
     if size > max_bytes:
         raise FrameError("frame_too_large", f"frame: {size} bytes is over the {max_bytes}-byte limit")
+
+
+def _parse(data: str | bytes, adapter: TypeAdapter, max_bytes: int, compact: bool = False) -> Any:
+    """One pass of pydantic-core over the JSON text for a good frame (json.loads then validate_python
+    costs about 2.5 times as much). Any failure is read again by _explain, whose answer is the precise
+    FrameError; a frame the fast path takes, _explain would take as the same value (tests hold them equal)."""
+    _check_size(data, max_bytes)
+    try:
+        if compact and looks_compact(data):
+            return parse_compact_json(data)
+        return adapter.validate_json(data)
+    except ValidationError:
+        pass
+    return _explain(data, adapter, compact)
+
+
+def _explain(data: str | bytes, adapter: TypeAdapter, compact: bool = False) -> Any:
+    """The slow path: json.loads, then the checks one by one, so each bad frame gets its own code."""
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -394,11 +346,17 @@ def _parse(data: str | bytes, adapter: TypeAdapter, max_bytes: int) -> Any:
         raise FrameError("invalid_frame", "frame: must be a JSON object with a 'type' field")
     if "type" not in raw:
         raise FrameError("invalid_frame", "type: Field required")
-    if raw.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+    version = raw.get("v", PROTOCOL_VERSION)
+    metrics = compact and raw["type"] == "metrics"
+    if metrics and version == COMPACT_METRICS_VERSION:
+        try:
+            return parse_compact(raw)
+        except ValidationError as exc:
+            raise FrameError("invalid_frame", _describe(exc, tagged=False, compact=True)) from None
+    if version != PROTOCOL_VERSION:
+        use = f"{PROTOCOL_VERSION} (or {COMPACT_METRICS_VERSION} for metrics)" if metrics else PROTOCOL_VERSION
         raise FrameError(
-            "unsupported_version",
-            f"v: protocol version {str(raw.get('v'))[:20]!r} is not supported; use {PROTOCOL_VERSION}",
-        )
+            "unsupported_version", f"v: protocol version {str(raw.get('v'))[:20]!r} is not supported; use {use}")
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
@@ -409,8 +367,8 @@ def _parse(data: str | bytes, adapter: TypeAdapter, max_bytes: int) -> Any:
 
 
 def parse_agent_frame(data: str | bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
-    """Validate a frame sent by an agent. Raises FrameError."""
-    return _parse(data, _agent_adapter, max_bytes)
+    """Validate a frame sent by an agent (``metrics`` in either encoding). Raises FrameError."""
+    return _parse(data, _agent_adapter, max_bytes, compact=True)
 
 
 def parse_server_frame(data: str | bytes, max_bytes: int = 16 * MAX_FRAME_BYTES) -> Any:
@@ -421,3 +379,8 @@ def parse_server_frame(data: str | bytes, max_bytes: int = 16 * MAX_FRAME_BYTES)
 def dump(frame: BaseModel) -> str:
     """Serialise a frame; absent (None) fields are left out, which the receiver reads as null."""
     return frame.model_dump_json(exclude_none=True)
+
+
+def dump_metrics(metrics: Metrics, protocols: list[int] | None) -> str:
+    """A metrics frame in the most compact encoding the server's ``welcome`` listed (v1 if it listed none)."""
+    return dump_compact(metrics) if COMPACT_METRICS_VERSION in (protocols or ()) else dump(metrics)

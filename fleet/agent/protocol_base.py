@@ -3,12 +3,14 @@ bounded text type and the base models every frame builds on (fleet.agent.protoco
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 PROTOCOL_VERSION = 1
+COMPACT_METRICS_VERSION = 2  # a ``metrics`` frame may come in the compact encoding (protocol_compact)
 MAX_FRAME_BYTES = 1024 * 1024
+MAX_GPUS = 256  # per node, in every frame that lists them
 
 # Bounds (DESIGN §3): every number finite and within what its column and its consumers take, every
 # string within its column's length. JSON numbers past 2**53 lose precision in browsers and in float
@@ -54,3 +56,16 @@ class _Model(BaseModel):
 
 class _Frame(_Model):
     v: Literal[1] = PROTOCOL_VERSION
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted; ``code`` and ``detail`` go back in an ``error`` frame."""
+
+    def __init__(self, code: str, detail: str):
+        detail = detail[:500]  # it goes back in an `error` frame, whose detail is bounded
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    def to_frame(self) -> dict[str, Any]:
+        return {"type": "error", "v": PROTOCOL_VERSION, "code": self.code, "detail": self.detail}
