@@ -18,7 +18,7 @@ from fleet.telemetry.store import get_store
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.5
+FLUSH_INTERVAL = 0.25  # also the delay Redis adds between an agent and a dashboard on another process
 DB_INTERVAL = 2.0
 
 _flushers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +11,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
+TINY = ["--nodes", "3", "--duration", "2", "--settle", "1", "--procs", "1"]
+KEYS = {"bare_max_n", "fleet_max_n_1proc", "fleet_max_n_2proc", "ratio_1proc", "ratio_2proc", "p99_ms",
+        "rss_per_agent_kb", "reconnect_storm_s"}
 
 
-def test_bench_runs_with_tiny_parameters():
-    result = subprocess.run(
-        [sys.executable, "bench/telemetry.py", "--nodes", "3", "--duration", "2", "--settle", "1", "--procs", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
-    )
+def _bench(*args: str) -> tuple[str, dict]:
+    result = subprocess.run([sys.executable, "bench/telemetry.py", *TINY, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "fleet N=     3" in result.stdout and "bare  N=     3" in result.stdout
-    assert "Fleet ÷ bare at N=3" in result.stdout and "p99" in result.stdout
+    return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_bench_runs_on_the_production_path(services):
+    out, report = _bench("--storm-nodes", "3", "--dashboards", "2")
+    for server in ("bare    N=     3", "fleet/1 N=     3", "fleet/2 N=     3", "dashboards 2", "storm: "):
+        assert server in out
+    assert KEYS <= set(report)
+    assert report["storm_n"] == 3
+
+
+def test_bench_runs_on_the_embedded_default():
+    out, report = _bench("--embedded", "--storm-nodes", "0", "--dashboards", "0")
+    assert "fleet/1 N=     3" in out and "fleet/2" not in out
+    assert {"bare_max_n", "fleet_max_n_1proc", "ratio_1proc"} <= set(report)
 
 
 def test_bench_refuses_bad_parameters():
