@@ -102,14 +102,14 @@ def nodes_with_pending(node_ids: list[int]) -> set[int]:
     if not node_ids:
         return set()
     return set(NodeCommand.objects.filter(node_id__in=node_ids, state=CommandState.PENDING, finished_at__isnull=True)
-               .values_list("node_id", flat=True).distinct())
+               .order_by().values_list("node_id", flat=True).distinct())
 
 
 def nodes_with_unfinished(node_ids: list[int]) -> set[int]:
     """Which of these nodes have commands not finished (sent or not): those a reconnect re-sends. One query."""
     if not node_ids:
         return set()
-    return set(NodeCommand.objects.filter(node_id__in=node_ids, finished_at__isnull=True)
+    return set(NodeCommand.objects.filter(node_id__in=node_ids, finished_at__isnull=True).order_by()
                .values_list("node_id", flat=True).distinct())
 
 

@@ -40,7 +40,7 @@ def replace_many(serving_by_node: dict[int, list[Any]], now: datetime | None = N
     rows = {node_id: _rows(node_id, serving, now) for node_id, serving in serving_by_node.items()}
     with transaction.atomic():
         current = NodeRuntime.objects.filter(node_id__in=list(rows))
-        had = set(current.values_list("node_id", flat=True).distinct())
+        had = set(current.order_by().values_list("node_id", flat=True).distinct())
         if had:
             current.delete()
         NodeRuntime.objects.bulk_create([row for node_rows in rows.values() for row in node_rows], batch_size=1000)
