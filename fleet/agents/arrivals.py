@@ -24,7 +24,8 @@ from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus, SiteCache
 from fleet.inventory.services import bring_online
 from fleet.telemetry import records as telemetry_records
 
-_arrived: dict[int, list[Any]] = {}  # node id → its hello's `serving` list, until the next tick writes it
+# node id → its hello's `serving` list (None: newer runtimes were stored since), until the next tick writes it
+_arrived: dict[int, list[Any] | None] = {}
 _loads: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
 
 
@@ -33,18 +34,25 @@ def arrive(node_id: int, serving: list[Any]) -> None:
     _arrived[node_id] = list(serving)
 
 
+def runtimes_stored(node_id: int) -> None:
+    """Runtimes newer than the queued hello's were stored (a `runtime` frame, a full hello): the tick must
+    not write the older ones over them."""
+    if node_id in _arrived:
+        _arrived[node_id] = None
+
+
 def pending() -> bool:
     return bool(_arrived)
 
 
-def take() -> dict[int, list[Any]]:
+def take() -> dict[int, list[Any] | None]:
     """What arrived since the last call (the flusher hands it to `write` in its thread hop)."""
     items = dict(_arrived)
     _arrived.clear()
     return items
 
 
-def write(arrived: dict[int, list[Any]], now: datetime | None = None) -> list[int]:
+def write(arrived: dict[int, list[Any] | None], now: datetime | None = None) -> list[int]:
     """Everything record_hello would have changed for these nodes, in a fixed number of statements whatever
     their number: last_seen, the status of those that were not online (published, their node-offline alerts
     resolved, their sites told when they are a site's cache), their GPUs' last_seen and their runtimes
@@ -58,7 +66,7 @@ def write(arrived: dict[int, list[Any]], now: datetime | None = None) -> list[in
                        .values_list("pk", flat=True))
         revived = bring_online(present, now, revive=(NodeStatus.OFFLINE, NodeStatus.NEVER_SEEN))
         Gpu.objects.filter(node_id__in=present, state=GpuState.PRESENT).update(last_seen=now)
-        runtimes.replace_many({node_id: arrived[node_id] for node_id in present}, now)
+        runtimes.replace_many({node_id: arrived[node_id] for node_id in present if arrived[node_id] is not None}, now)
         if revived:
             # a site's cache is back: its site's nodes (itself included, whose welcome offered nothing while it
             # was offline) get a `site` frame

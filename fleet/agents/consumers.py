@@ -18,7 +18,7 @@ from fleet.agent import protocol
 from fleet.agents import arrivals, presence
 from fleet.agents.chat import CHAT_FRAMES, AgentChats
 from fleet.hub import commands as hub_commands
-from fleet.inventory import runtimes, sites
+from fleet.inventory import sites
 from fleet.inventory.models import NodeStatus
 from fleet.lib.errors import FieldError
 from fleet.lib.ratelimit import TokenBucket
@@ -128,6 +128,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.stored_digest = credential.node.hello_digest if credential.node.status != NodeStatus.REVOKED else ""
         self.group = events.node_group(self.node_id)
         self.hello_done = False
+        self.serving_shape: list[dict] | None = None
         self.last_frame = time.monotonic()
         self.errors: list[float] = []
         self.tasks: list[asyncio.Task] = []
@@ -224,7 +225,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self._refuse(protocol.FrameError(
                     "rate_limited", f"type: at most {RUNTIME_BURST} runtime frames at once, then one a second"))
                 return
-            await database_sync_to_async(runtimes.replace_runtimes)(self.node_id, frame.serving)
+            shape = presence.serving_shape(frame.serving)
+            changed = self.serving_shape is not None and shape != self.serving_shape
+            arrivals.runtimes_stored(self.node_id)
+            await database_sync_to_async(presence.record_runtimes)(self.node_id, frame.serving, changed)
+            if changed:
+                self.serving_shape = None  # the stored digest is gone: nothing more to compare with
             await self._touch()
         elif frame.type == "cache":
             if self.cache_reports.allow():  # over the budget: dropped quietly, the next one carries the totals
@@ -254,6 +260,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if first and digest == self.stored_digest:
             arrivals.arrive(self.node_id, hello.serving)  # online with the flusher's next tick, in bulk
         else:
+            arrivals.runtimes_stored(self.node_id)
             try:
                 node = await database_sync_to_async(presence.record_hello)(self.node_id, hello)
             except FieldError as error:
@@ -261,6 +268,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 return
             self.labels = node.labels
         self.stored_digest = ""  # a later hello on this connection is stored in full: the copy may be stale
+        self.serving_shape = presence.serving_shape(hello.serving)  # what the stored digest says is served
         self.hello_done = True
         offer = await arrivals.site_offer(self.node_id, self.labels)
         await self._send(

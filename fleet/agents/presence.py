@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -33,15 +34,30 @@ log = logging.getLogger(__name__)
 MAX_LOST_GPUS = 32  # lost GPU rows kept per node beyond the present ones (newest first)
 
 
-# What record_hello stores from a hello, runtimes aside (fleet/agents/arrivals.py rewrites those on every
-# reconnect: their counters move all the time).
+# What record_hello stores from a hello. Of its runtimes only what routing depends on: their counters and
+# logs move all the time, and the reconnect that skips the transaction rewrites them (fleet/agents/arrivals.py).
 DIGEST_FIELDS = {"agent_version", "host", "gpus", "gpu_note", "installed", "active", "site_cache"}
+SERVING_SHAPE = {"runtime", "repo", "sha", "state", "reason", "port"}
+
+
+def serving_shape(serving: list[Any]) -> list[dict]:
+    """The part of runtime reports that a stored hello digest covers."""
+    return [status.model_dump(mode="json", include=SERVING_SHAPE) for status in serving]
 
 
 def hello_digest(hello: Hello) -> str:
-    """sha256 of the hello's stored facts as canonical JSON: equal digests, nothing for record_hello to change."""
-    facts = hello.model_dump(mode="json", include=DIGEST_FIELDS)
+    """sha256 of the hello's stored facts as canonical JSON: equal digests, nothing for record_hello to change
+    but last_seen and runtime counters."""
+    facts = {**hello.model_dump(mode="json", include=DIGEST_FIELDS), "serving": serving_shape(hello.serving)}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def record_runtimes(node_id: int, serving: list[Any], forget_digest: bool = False) -> None:
+    """A `runtime` frame; ``forget_digest`` when its runtimes differ from the stored hello's (not just in
+    counters): the next hello must then be stored in full, not skipped as unchanged."""
+    runtimes.replace_runtimes(node_id, serving)
+    if forget_digest:
+        Node.objects.filter(pk=node_id).update(hello_digest="")
 
 
 def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Node:

@@ -17,7 +17,7 @@ from fleet import events
 from fleet.agent.protocol import Hello
 from fleet.agents import arrivals, consumers, presence
 from fleet.inventory import summary
-from fleet.inventory.models import Gpu, GpuState, Node, NodeStatus
+from fleet.inventory.models import Gpu, GpuState, Node, NodeRuntime, NodeStatus
 from fleet.telemetry import flusher
 from fleet.telemetry.models import Alert, AlertKind
 from tests.server.test_agent_socket import connect_and_hello, hello
@@ -60,12 +60,20 @@ def quiet(settings, monkeypatch):
     consumers._welcomed.clear()
 
 
+RUNTIME = {"repo": "acme/tiny", "sha": "a" * 40, "runtime": "llamacpp", "state": "ready", "port": 8001,
+           "tokens_served": 9}
+
+
 def test_digest_is_canonical_and_covers_the_stored_facts():
     base = Hello.model_validate(hello())
     assert presence.hello_digest(base) == presence.hello_digest(Hello.model_validate(
         {key: hello()[key] for key in reversed(list(hello()))}))  # key order does not matter
-    serving = [{"repo": "acme/tiny", "sha": "a" * 40, "runtime": "llamacpp", "state": "ready", "tokens_served": 9}]
-    assert presence.hello_digest(base) == presence.hello_digest(Hello.model_validate({**hello(), "serving": serving}))
+    serving = {**hello(), "serving": [RUNTIME]}
+    busier = {**hello(), "serving": [{**RUNTIME, "tokens_served": 90, "requests_active": 3, "log_tail": ["x"]}]}
+    assert presence.hello_digest(Hello.model_validate(serving)) == presence.hello_digest(Hello.model_validate(busier))
+    failed = {**hello(), "serving": [{**RUNTIME, "state": "failed", "reason": "out of memory"}]}
+    assert presence.hello_digest(Hello.model_validate(serving)) != presence.hello_digest(Hello.model_validate(failed))
+    assert presence.hello_digest(Hello.model_validate(serving)) != presence.hello_digest(base)
     for changed in ({**hello(), "agent_version": "0.2.0"}, hello(gpus=3), hello(hostname="other"),
                     {**hello(), "installed": [{"repo": "acme/tiny", "sha": "a" * 40}]},
                     {**hello(), "site_cache": {"url": "http://10.0.0.5:8090"}}):
@@ -156,4 +164,27 @@ async def test_an_offline_node_reconnecting_unchanged_comes_online_published_and
     assert stored.status == NodeStatus.ONLINE and stored.last_seen > stale
     alert = await database_sync_to_async(Alert.objects.get)(node=node, kind=AlertKind.NODE_OFFLINE)
     assert alert.resolved_at is not None
+    await comm.disconnect()
+
+
+async def test_a_runtime_frame_that_changes_more_than_counters_forgets_the_digest(make_node, quiet):
+    node, secret = await database_sync_to_async(make_node)()
+    comm = await connect_and_hello(secret, {**hello(), "serving": [RUNTIME]})
+    digest = (await database_sync_to_async(Node.objects.get)(pk=node.pk)).hello_digest
+    assert digest
+    stored = database_sync_to_async(lambda: Node.objects.get(pk=node.pk).hello_digest)
+    runtime_state = database_sync_to_async(lambda: list(NodeRuntime.objects.filter(node=node).values_list(
+        "state", "tokens_served")))
+    await comm.send_json_to({"type": "runtime", "v": 1, "serving": [{**RUNTIME, "tokens_served": 500}]})
+    for _ in range(50):
+        if await runtime_state() == [("ready", 500)]:
+            break
+        await asyncio.sleep(0.05)
+    assert await runtime_state() == [("ready", 500)] and await stored() == digest  # counters only: kept
+    await comm.send_json_to({"type": "runtime", "v": 1, "serving": [{**RUNTIME, "state": "failed"}]})
+    for _ in range(50):
+        if await stored() == "":
+            break
+        await asyncio.sleep(0.05)
+    assert await stored() == "" and (await runtime_state())[0][0] == "failed"
     await comm.disconnect()
