@@ -117,3 +117,21 @@ def test_a_hello_naming_a_model_not_imported_yet_stores_no_digest(make_node):
     presence.record_hello(node.pk, Hello.model_validate({**hello(), "installed": [{"repo": "x/y", "sha": "b" * 40}]}))
     assert Node.objects.get(pk=node.pk).hello_digest == ""  # a later hello links the row once it is imported
     assert commands.record_inventory(node.pk, [], []) is True
+
+
+@pytest.mark.django_db
+def test_a_site_cache_coming_back_tells_its_site(monkeypatch, django_capture_on_commit_callbacks):
+    from fleet.inventory import sites
+    from fleet.inventory.models import SiteCache
+
+    cache = Node.objects.create(name="cache", status=NodeStatus.OFFLINE, labels={"site": "lab"})
+    neighbour = Node.objects.create(name="neighbour", status=NodeStatus.ONLINE, labels={"site": "lab"})
+    Node.objects.create(name="elsewhere", status=NodeStatus.ONLINE, labels={"site": "other"})
+    SiteCache.objects.create(site="lab", node=cache, url="http://10.0.0.5:8090")
+    told: list[tuple[str, dict]] = []
+    monkeypatch.setattr(sites.events, "publish_many", lambda messages: told.extend(messages))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert arrivals.write({cache.pk: []}) == [cache.pk]
+    # the cache itself too: its welcome offered nothing while it was offline
+    assert sorted(group for group, message in told if message["type"] == "agent.site") == sorted(
+        [f"node.{cache.pk}", f"node.{neighbour.pk}"])
