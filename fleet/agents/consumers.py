@@ -15,10 +15,11 @@ from django.conf import settings
 
 from fleet import events
 from fleet.agent import protocol
-from fleet.agents import presence
+from fleet.agents import arrivals, presence
 from fleet.agents.chat import CHAT_FRAMES, AgentChats
 from fleet.hub import commands as hub_commands
-from fleet.inventory import runtimes, sites
+from fleet.inventory import sites
+from fleet.inventory.models import NodeStatus
 from fleet.lib.errors import FieldError
 from fleet.lib.ratelimit import TokenBucket
 from fleet.telemetry.ingest import AgentTelemetry
@@ -44,23 +45,39 @@ CHAT_FRAMES_BURST = 500  # per chat in flight: a runtime that answers faster tha
 _open = 0  # agent connections open in this process
 _local: dict[int, str] = {}  # node id → channel name of its newest connection in this process
 _command_polls: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+_welcomed: set[int] = set()  # nodes just welcomed: their unfinished commands are re-sent by the next poll tick
+COMMAND_CHECK_EVERY = 0.5  # seconds: how long a re-sent command may wait after the welcome
 
 
 async def _poll_commands() -> None:
-    """Fallback behind the `agent.command` nudge, which cannot cross processes on the in-memory layer
-    (a command queued by `manage.py deploymodel`, say): one query per process per heartbeat finds
-    the locally connected nodes with commands never sent, and only those connections are told."""
+    """Commands without a query per connection. Every COMMAND_CHECK_EVERY, one query finds which of the nodes
+    welcomed since have unfinished commands (a reconnect storm: one query, not one per agent), and only those
+    connections re-send theirs. Every heartbeat, the fallback behind the `agent.command` nudge, which cannot
+    cross processes on the in-memory layer (a command queued by `manage.py deploymodel`, say): one query
+    finds the locally connected nodes with commands never sent, and only those connections are told."""
+    unfinished = database_sync_to_async(hub_commands.nodes_with_unfinished)
     pending = database_sync_to_async(hub_commands.nodes_with_pending)
     layer = get_channel_layer()
+    last_poll = time.monotonic()
     while True:
-        await asyncio.sleep(settings.FLEET_HEARTBEAT_INTERVAL)
+        await asyncio.sleep(COMMAND_CHECK_EVERY)
         try:
-            for node_id in await pending(list(_local)):
-                channel = _local.get(node_id)
-                if channel:
-                    await layer.send(channel, {"type": "agent.command", "pending_only": True})
+            if _welcomed:
+                welcomed = list(_welcomed)
+                _welcomed.clear()
+                await _nudge(layer, await unfinished(welcomed), {"type": "agent.command"})
+            if time.monotonic() - last_poll >= settings.FLEET_HEARTBEAT_INTERVAL:
+                last_poll = time.monotonic()
+                await _nudge(layer, await pending(list(_local)), {"type": "agent.command", "pending_only": True})
         except Exception:
             log.exception("command poll failed; retrying")
+
+
+async def _nudge(layer, node_ids: set[int], message: dict) -> None:
+    for node_id in node_ids:
+        channel = _local.get(node_id)
+        if channel:
+            await layer.send(channel, message)
 
 
 def _ensure_command_poll() -> None:
@@ -105,8 +122,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.node_id = credential.node_id
         self.credential_id = credential.pk
         self.node_name = credential.node.name
+        self.labels = credential.node.labels  # for the site offer, without a query
+        # the digest of the last hello stored in full, as loaded with the credential: the first hello may
+        # skip its transaction when it matches (fleet/agents/arrivals.py)
+        self.stored_digest = credential.node.hello_digest if credential.node.status != NodeStatus.REVOKED else ""
         self.group = events.node_group(self.node_id)
         self.hello_done = False
+        self.serving_shape: list[dict] | None = None
         self.last_frame = time.monotonic()
         self.errors: list[float] = []
         self.tasks: list[asyncio.Task] = []
@@ -203,7 +225,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self._refuse(protocol.FrameError(
                     "rate_limited", f"type: at most {RUNTIME_BURST} runtime frames at once, then one a second"))
                 return
-            await database_sync_to_async(runtimes.replace_runtimes)(self.node_id, frame.serving)
+            shape = presence.serving_shape(frame.serving)
+            changed = self.serving_shape is not None and shape != self.serving_shape
+            arrivals.runtimes_stored(self.node_id)
+            await database_sync_to_async(presence.record_runtimes)(self.node_id, frame.serving, changed)
+            if changed:
+                self.serving_shape = None  # the stored digest is gone: nothing more to compare with
             await self._touch()
         elif frame.type == "cache":
             if self.cache_reports.allow():  # over the budget: dropped quietly, the next one carries the totals
@@ -228,14 +255,22 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 "rate_limited", f"type: at most {HELLO_BURST} hello frames, then one per {HELLO_EVERY:g}s; "
                                 "send hello once per connection"))
             return
-        try:
-            await database_sync_to_async(presence.record_hello)(self.node_id, hello)
-        except FieldError as error:
-            await self._refuse(protocol.FrameError("invalid_hello", f"{error.field}: {error.message}"))
-            return
         first = not self.hello_done
+        digest = presence.hello_digest(hello)
+        if first and digest == self.stored_digest:
+            arrivals.arrive(self.node_id, hello.serving)  # online with the flusher's next tick, in bulk
+        else:
+            arrivals.runtimes_stored(self.node_id)
+            try:
+                node = await database_sync_to_async(presence.record_hello)(self.node_id, hello)
+            except FieldError as error:
+                await self._refuse(protocol.FrameError("invalid_hello", f"{error.field}: {error.message}"))
+                return
+            self.labels = node.labels
+        self.stored_digest = ""  # a later hello on this connection is stored in full: the copy may be stale
+        self.serving_shape = presence.serving_shape(hello.serving)  # what the stored digest says is served
         self.hello_done = True
-        offer = await database_sync_to_async(sites.offer_for)(self.node_id)
+        offer = await arrivals.site_offer(self.node_id, self.labels)
         await self._send(
             protocol.Welcome(
                 type="welcome",
@@ -249,7 +284,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 site_cache=offer,
             )
         )
-        await self._send_commands()  # unfinished model commands: the agent reports what it already reached
+        # unfinished model commands (the agent reports what it already reached): re-sent by the next poll tick
+        _welcomed.add(self.node_id)
         if first:
             self.tasks.append(asyncio.create_task(self._heartbeat()))
             log.info("agent %s connected (%d GPUs)", self.node_name, len(hello.gpus))
@@ -320,8 +356,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def agent_site(self, event: dict) -> None:
         """This node's site cache changed (registered, replaced or gone): tell the agent."""
+        sites.forget_caches(event.get("at"))
         if self.hello_done:
-            offer = await database_sync_to_async(sites.offer_for)(self.node_id)
+            offer = await arrivals.site_offer(self.node_id, self.labels)
             await self.send(text_data=protocol.dump(protocol.Site(type="site", site_cache=offer)))
 
     async def agent_chat(self, event: dict) -> None:

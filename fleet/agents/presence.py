@@ -9,8 +9,11 @@ so a quick reconnect or a replaced connection does not flap the status.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -31,6 +34,32 @@ log = logging.getLogger(__name__)
 MAX_LOST_GPUS = 32  # lost GPU rows kept per node beyond the present ones (newest first)
 
 
+# What record_hello stores from a hello. Of its runtimes only what routing depends on: their counters and
+# logs move all the time, and the reconnect that skips the transaction rewrites them (fleet/agents/arrivals.py).
+DIGEST_FIELDS = {"agent_version", "host", "gpus", "gpu_note", "installed", "active", "site_cache"}
+SERVING_SHAPE = {"runtime", "repo", "sha", "state", "reason", "port"}
+
+
+def serving_shape(serving: list[Any]) -> list[dict]:
+    """The part of runtime reports that a stored hello digest covers."""
+    return [status.model_dump(mode="json", include=SERVING_SHAPE) for status in serving]
+
+
+def hello_digest(hello: Hello) -> str:
+    """sha256 of the hello's stored facts as canonical JSON: equal digests, nothing for record_hello to change
+    but last_seen and runtime counters."""
+    facts = {**hello.model_dump(mode="json", include=DIGEST_FIELDS), "serving": serving_shape(hello.serving)}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def record_runtimes(node_id: int, serving: list[Any], forget_digest: bool = False) -> None:
+    """A `runtime` frame; ``forget_digest`` when its runtimes differ from the stored hello's (not just in
+    counters): the next hello must then be stored in full, not skipped as unchanged."""
+    runtimes.replace_runtimes(node_id, serving)
+    if forget_digest:
+        Node.objects.filter(pk=node_id).update(hello_digest="")
+
+
 def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Node:
     """Upsert the node's facts and GPUs in one transaction, then mark it online.
 
@@ -38,6 +67,7 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
     """
     now = now or timezone.now()
     host = hello.host
+    digest = hello_digest(hello)
     with transaction.atomic():
         _check_gpu_owners(node_id, hello)
         node = Node.objects.select_for_update().get(pk=node_id)
@@ -56,18 +86,24 @@ def record_hello(node_id: int, hello: Hello, now: datetime | None = None) -> Nod
         if host.labels:
             node.labels = {**node.labels, **host.labels}
         node.last_seen = now
+        node.hello_digest = digest
         node.save()
         changed_site = sites.register(node, hello.site_cache)
         _upsert_gpus(node, hello, now)
         if not set_status(node.pk, NodeStatus.ONLINE, last_seen=now):
             publish_node(node)  # GPUs, memory or kind may have changed with the status unchanged
-        hub_commands.record_inventory(node.pk, hello.installed, hello.active)
+        if not hub_commands.record_inventory(node.pk, hello.installed, hello.active):
+            # a model not imported yet: its row is linked by a later hello, which must not be skipped
+            Node.objects.filter(pk=node.pk).update(hello_digest="")
+            node.hello_digest = ""
         runtimes.replace_runtimes(node.pk, hello.serving, now)
         # Facts and GPUs may have changed even when the status did not: open node pages redraw.
         events.publish(events.node_live_group(node.pk), {"type": "live.message", "payload": {"kind": "facts"}})
         if changed_site:  # the site's nodes learn of their (new) cache without waiting for a reconnect
             _tell_sites([changed_site], but=node.pk)
     telemetry_records.node_online(node.pk)  # resolves a node-offline alert, if one is open
+    if changed_site:
+        sites.forget_caches()  # this process's offers (the welcome that follows included) see the change
     return node
 
 
@@ -79,11 +115,15 @@ def _check_gpu_owners(node_id: int, hello: Hello) -> None:
     if not uuids:
         return
     elsewhere = Gpu.objects.filter(uuid__in=uuids, state=GpuState.PRESENT).exclude(node_id=node_id)
-    for uuid, owner, owner_status in elsewhere.values_list("uuid", "node__name", "node__status"):
+    held = list(elsewhere.values_list("uuid", "node_id", "node__name", "node__status"))
+    for uuid, _, owner, owner_status in held:
         if owner_status == NodeStatus.ONLINE:
             raise FieldError(f"gpus.{uuids[uuid]}.uuid",
                              f"GPU {uuid} is reported by the online node {owner}; a GPU UUID belongs to one node")
-    elsewhere.update(state=GpuState.LOST)
+    if held:
+        # the nodes that lose a GPU here must store their next hello in full, not skip it as unchanged
+        Node.objects.filter(pk__in={owner_id for _, owner_id, _, _ in held}).update(hello_digest="")
+        elsewhere.update(state=GpuState.LOST)
 
 
 def prune_lost_gpus(now: datetime | None = None) -> int:
@@ -129,8 +169,7 @@ def _upsert_gpus(node: Node, hello: Hello, now: datetime) -> None:
 
 def _tell_sites(names, but: int | None = None) -> None:
     """The nodes of these sites: their cache came, changed or went (each connection sends a ``site`` frame)."""
-    events.publish_many([(events.node_group(other), {"type": "agent.site"})
-                         for site in set(names) for other in sites.neighbours(site) if other != but])
+    sites.tell([other for site in set(names) for other in sites.neighbours(site) if other != but])
 
 
 def record_seen(node_id: int, now: datetime | None = None) -> None:

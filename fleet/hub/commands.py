@@ -102,6 +102,14 @@ def nodes_with_pending(node_ids: list[int]) -> set[int]:
     if not node_ids:
         return set()
     return set(NodeCommand.objects.filter(node_id__in=node_ids, state=CommandState.PENDING, finished_at__isnull=True)
+               .order_by().values_list("node_id", flat=True).distinct())
+
+
+def nodes_with_unfinished(node_ids: list[int]) -> set[int]:
+    """Which of these nodes have commands not finished (sent or not): those a reconnect re-sends. One query."""
+    if not node_ids:
+        return set()
+    return set(NodeCommand.objects.filter(node_id__in=node_ids, finished_at__isnull=True).order_by()
                .values_list("node_id", flat=True).distinct())
 
 
@@ -184,6 +192,8 @@ def record_event(node_id: int, event: protocol.CommandEvent) -> NodeCommand | No
 
 def _apply_install(command: NodeCommand, state: str) -> None:
     node_id, repo, sha = command.node_id, command.repo, command.sha
+    # the installs now differ from what the last stored hello said: the next hello is stored in full
+    Node.objects.filter(pk=node_id).update(hello_digest="")
     if state == CommandState.REMOVED:
         NodeInstall.objects.filter(node_id=node_id, repo=repo, sha=sha).delete()
         return
@@ -198,8 +208,9 @@ def _apply_install(command: NodeCommand, state: str) -> None:
                                     update_fields=["state", "version", "updated_at"])  # one upsert
 
 
-def record_inventory(node_id: int, installed: list[protocol.ModelRef], active: list[protocol.ModelRef]) -> None:
-    """What the agent's hello says it holds replaces what we knew (call inside the hello transaction)."""
+def record_inventory(node_id: int, installed: list[protocol.ModelRef], active: list[protocol.ModelRef]) -> bool:
+    """What the agent's hello says it holds replaces what we knew (call inside the hello transaction).
+    Returns whether every row is linked to a known version (else a later hello may link it, once imported)."""
     reported = {(ref.repo, ref.sha): InstallState.STAGED for ref in installed}
     reported.update({(ref.repo, ref.sha): InstallState.ACTIVE for ref in active})
     existing = {(row.repo, row.sha): row for row in NodeInstall.objects.filter(node_id=node_id)}
@@ -217,6 +228,7 @@ def record_inventory(node_id: int, installed: list[protocol.ModelRef], active: l
             row.state = state
             row.version = versions.get((repo, sha))
             row.save(update_fields=["state", "version", "updated_at"])
+    return all(key in versions for key in reported)
 
 
 def mirror_url(scope: dict) -> str:

@@ -36,6 +36,9 @@ class Node(models.Model):
     status_changed_at = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # sha256 of the facts of the last hello stored in full ("" when unknown or since changed elsewhere): a
+    # reconnect with the same facts skips the hello transaction (fleet/agents/arrivals.py).
+    hello_digest = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["name"]

@@ -230,6 +230,37 @@ def set_status(
     return bool(changed)
 
 
+def bring_online(node_ids: list[int], now: datetime, revive: tuple[str, ...] = (NodeStatus.OFFLINE,)) -> list[int]:
+    """``last_seen = now`` for these nodes; those whose status is in ``revive`` become online (published
+    after commit). Returns the revived ids. A fixed number of statements whatever the number of nodes: an
+    UPDATE, a locked read, and when some come back an UPDATE and one read for the browsers' payloads."""
+    if not node_ids:
+        return []
+    with transaction.atomic():
+        # last_seen first: a sweep that runs meanwhile no longer finds these nodes stale
+        Node.objects.filter(pk__in=node_ids, status=NodeStatus.ONLINE).update(last_seen=now)
+        revived = list(Node.objects.select_for_update().filter(pk__in=node_ids, status__in=revive)
+                       .values_list("pk", flat=True))
+        if revived:
+            Node.objects.filter(pk__in=revived, status__in=revive).update(
+                status=NodeStatus.ONLINE, status_changed_at=timezone.now(), last_seen=now)
+            _publish_nodes(revived)
+    return revived
+
+
+def _publish_nodes(node_ids: list[int]) -> None:
+    """`_publish_node` for many nodes: one read after commit, one hop to the channel layer."""
+    def send() -> None:
+        messages = []
+        for fresh in with_gpu_counts(Node.objects.filter(pk__in=node_ids)):
+            payload = {"type": "live.message", "payload": {"kind": "node", "node": node_payload(fresh)}}
+            messages += [(events.FLEET_GROUP, payload), (events.node_live_group(fresh.pk), payload)]
+        events.publish_many(messages)
+        summary.mark_stale()
+
+    transaction.on_commit(send)
+
+
 def publish_node(node: Node) -> None:
     """Tell browsers a node changed (its GPUs, memory or kind) when its status did not."""
     _publish_node(node)

@@ -5,12 +5,15 @@ See fleet/lib/sitetoken.py for why neighbours present a site token rather than t
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
+from fleet import events
 from fleet.agent.protocol import CacheReport, SiteCacheAdvert, SiteCacheOffer
 from fleet.inventory.models import Node, NodeStatus, SiteCache
 from fleet.lib import sitetoken
@@ -20,8 +23,7 @@ SITE_LABEL = "site"
 
 
 def site_of(node: Node) -> str:
-    site = (node.labels or {}).get(SITE_LABEL)
-    return site if isinstance(site, str) and 0 < len(site) <= 63 else ""
+    return _site_label(node.labels)
 
 
 def register(node: Node, advert: SiteCacheAdvert | None) -> str | None:
@@ -42,6 +44,8 @@ def register(node: Node, advert: SiteCacheAdvert | None) -> str | None:
         return None if node.status == NodeStatus.ONLINE else site
     if current is not None and current.node_id != node.pk:
         log.warning("node %s replaces node %s as the site cache of %s", node.name, current.node_id, site)
+        # its next hello must be stored in full to take the cache back, not skipped as unchanged
+        Node.objects.filter(pk=current.node_id).update(hello_digest="")
     SiteCache.objects.update_or_create(site=site, defaults={"node": node, "url": advert.url,
                                                             "registered_at": timezone.now()})
     return site
@@ -59,6 +63,71 @@ def offer_for(node_id: int, now: float | None = None) -> SiteCacheOffer | None:
     return SiteCacheOffer(site=site, url=cache.url, token=sitetoken.mint(key, node_id, settings.FLEET_SITE_TOKEN_TTL,
                                                                          now),
                           key=key if cache.node_id == node_id else None)
+
+
+def cached_offer(node_id: int, labels: dict | None, now: float | None = None) -> SiteCacheOffer | None:
+    """`offer_for` from this process's copy of the site caches (call `load_caches` first when
+    `caches_stale`): no query per agent when a whole site reconnects at once."""
+    site = _site_label(labels)
+    entry = (_caches or {}).get(site) if site else None
+    if entry is None or not entry[2]:
+        return None
+    key = sitetoken.site_key(settings.SECRET_KEY, site)
+    return SiteCacheOffer(site=site, url=entry[1], token=sitetoken.mint(key, node_id, settings.FLEET_SITE_TOKEN_TTL,
+                                                                        now),
+                          key=key if entry[0] == node_id else None)
+
+
+_caches: dict[str, tuple[int, str, bool]] | None = None  # site → (cache node id, url, cache node online)
+_loaded_at = 0.0  # wall clock, as the time stamped on `agent.site` messages by any process
+_changed_at = 0.0  # the latest change this process heard of: a copy loaded before it is stale
+
+
+def caches_stale() -> bool:
+    return (_caches is None or _loaded_at <= _changed_at
+            or time.time() - _loaded_at > settings.FLEET_HEARTBEAT_INTERVAL)
+
+
+def load_caches() -> None:
+    """One query for every site's cache; a change made by another process is seen within a heartbeat, or
+    at once where one of that site's nodes is connected here (its `agent.site` calls `forget_caches`)."""
+    global _caches, _loaded_at
+    if not caches_stale():
+        return  # loaded by a call queued before this one
+    loaded_at = time.time()
+    _caches = {site: (node_id, url, status == NodeStatus.ONLINE) for site, node_id, url, status in
+               SiteCache.objects.values_list("site", "node_id", "url", "node__status")}
+    _loaded_at = loaded_at
+
+
+def forget_caches(changed_at: float | None = None) -> None:
+    """A site's cache changed at ``changed_at`` (wall clock, default now): a copy loaded before is stale."""
+    global _changed_at
+    _changed_at = max(_changed_at, changed_at if changed_at is not None else time.time())
+
+
+def _site_label(labels: dict | None) -> str:
+    site = (labels or {}).get(SITE_LABEL)
+    return site if isinstance(site, str) and 0 < len(site) <= 63 else ""
+
+
+def neighbours_of(site_names) -> list[int]:
+    """Ids of the nodes labelled with any of these sites (one query)."""
+    names = list(set(site_names))
+    if not names:
+        return []
+    return list(Node.objects.filter(**{f"labels__{SITE_LABEL}__in": names}).values_list("pk", flat=True))
+
+
+def tell(node_ids: list[int]) -> None:
+    """After commit, an `agent.site` to these nodes' connections (each sends a ``site`` frame), stamped with
+    the time it is sent: a process's copy of the caches loaded before it is stale (`forget_caches`)."""
+    def send() -> None:
+        message = {"type": "agent.site", "at": time.time()}
+        events.publish_many([(events.node_group(node_id), message) for node_id in node_ids])
+
+    if node_ids:
+        transaction.on_commit(send)
 
 
 def neighbours(site: str) -> list[int]:

@@ -15,8 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet import events
-from fleet.inventory.models import Node, NodeStatus
-from fleet.inventory.services import set_status
+from fleet.inventory.models import Node
+from fleet.inventory.services import bring_online
 from fleet.telemetry import alert_actions
 from fleet.telemetry.models import Alert, AlertKind, AlertSeverity, GpuRollup
 
@@ -106,14 +106,11 @@ def alert_payload(alert: Alert) -> dict[str, Any]:
 
 def mark_seen(node_ids: list[int], now: datetime | None = None) -> None:
     """last_seen for every node that sent metrics since the last call: one UPDATE, not one per agent.
-    A node the sweeper had marked offline comes back online (compare-and-set, publishes)."""
+    A node the sweeper had marked offline comes back online (published) and its node-offline alert resolves;
+    a fixed number of statements however many nodes (fleet.inventory.services.bring_online)."""
     if not node_ids:
         return
-    now = now or timezone.now()
-    Node.objects.filter(pk__in=node_ids, status=NodeStatus.ONLINE).update(last_seen=now)
-    revived = Node.objects.filter(pk__in=node_ids, status=NodeStatus.OFFLINE).values_list("pk", flat=True)
-    for node_id in revived:
-        set_status(node_id, NodeStatus.ONLINE, expect=NodeStatus.OFFLINE, last_seen=now)
+    nodes_online(bring_online(node_ids, now or timezone.now()))
 
 
 # ---- presence hooks ----------------------------------------------------------------------------------
@@ -127,8 +124,26 @@ def node_offline(node_ids: list[int]) -> None:
 
 
 def node_online(node_id: int) -> None:
-    if Alert.objects.filter(node_id=node_id, kind=AlertKind.NODE_OFFLINE, resolved_at__isnull=True).exists():
-        record_alerts([{"node_id": node_id, "kind": AlertKind.NODE_OFFLINE, "message": "", "resolve": True}])
+    nodes_online([node_id])
+
+
+def nodes_online(node_ids: list[int], now: datetime | None = None) -> list[Alert]:
+    """Resolve the open node-offline alerts of these nodes: one read, one UPDATE, one publish hop."""
+    if not node_ids:
+        return []
+    now = now or timezone.now()
+    alerts = list(Alert.objects.filter(node_id__in=node_ids, kind=AlertKind.NODE_OFFLINE, resolved_at__isnull=True))
+    if not alerts:
+        return []
+    Alert.objects.filter(pk__in=[alert.pk for alert in alerts], resolved_at__isnull=True).update(resolved_at=now)
+    messages = []
+    for alert in alerts:
+        alert.resolved_at = now
+        payload = {"type": "live.message", "payload": {"kind": "alert", "alert": alert_payload(alert)}}
+        messages += [(events.FLEET_GROUP, payload), (events.node_live_group(alert.node_id), payload)]
+    events.publish_many(messages)
+    alert_actions.publish_count({alert.node_id for alert in alerts})
+    return alerts
 
 
 # ---- history and retention ----------------------------------------------------------------------------
