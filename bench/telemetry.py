@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -55,12 +56,13 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
     url = base.replace("http://", "ws://") + ("/" if bare else "/ws/agent/")
     ramp = max(2.0, n / args.connect_rate)
     start_at = time.time() + 1.0
-    settle = args.settle if args.settle is not None else max(5.0, n / 300)  # hellos finish, backlog drains
-    window = (start_at + ramp + settle, start_at + ramp + settle + args.duration)
-    stop_at = window[1] + 0.5
+    # The window opens once every agent has its welcome (a node's first hello ever is a transaction: a
+    # fresh fleet's first connect is slower than any later one), then a settle for backlogs to drain.
+    timing = mp.RawArray("d", [math.inf, math.inf, time.time() + 3600])
+    welcomes = mp.Value("i", 0)
     queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=generator, args=(url, agents[i::args.procs], start_at, ramp, window, stop_at,
-                                                bare, args.gpus, queue)) for i in range(args.procs)]
+    procs = [mp.Process(target=generator, args=(url, agents[i::args.procs], start_at, ramp, timing, bare, args.gpus,
+                                                queue, welcomes)) for i in range(args.procs)]
     for proc in procs:
         proc.start()
     latencies: list[float] = []
@@ -71,9 +73,17 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
         browser_task = None
         if not bare:
             probes = server.node_ids[: min(PROBES, n)]
-            browser_task = asyncio.create_task(browser(base, server.cookie, probes, window, latencies, stop_at,
-                                                       dashboards))
-        await asyncio.sleep(max(0.0, window[0] - time.time()))
+            browser_task = asyncio.create_task(browser(base, server.cookie, probes, timing, latencies, dashboards))
+        await asyncio.sleep(max(0.0, start_at + ramp - time.time()))
+        deadline = time.time() + 60 + n / 20
+        while not bare and welcomes.value < n and time.time() < deadline:
+            await asyncio.sleep(0.2)
+        extra["welcomed_after_s"] = time.time() - start_at
+        settle = args.settle if args.settle is not None else max(5.0, n / 1000)
+        timing[0] = time.time() + settle
+        timing[1] = timing[0] + args.duration
+        timing[2] = timing[1] + 0.5
+        await asyncio.sleep(max(0.0, timing[0] - time.time()))
         c0, t0 = await asyncio.to_thread(fresh, server.frames)
         cpu0 = tree_cpu(pid)
         spy = None
@@ -82,7 +92,7 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
             command = [py_spy, "record", "-p", str(pid), "-d", str(int(args.duration)), "-r", "50",
                        "-f", "raw", "-o", str(profile_to), "--subprocesses"]
             spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await asyncio.sleep(max(0.0, window[1] - time.time()))
+        await asyncio.sleep(max(0.0, timing[1] - time.time()))
         c1, t1 = await asyncio.to_thread(fresh, server.frames)
         cpu1 = tree_cpu(pid)
         extra["rss_end"] = tree_rss(pid)
@@ -92,14 +102,14 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
             spy.wait(30)
         if browser_task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(browser_task, stop_at - time.time() + 5)
-        return (c1 - c0) / (t1 - t0), cpu1 - cpu0, window[1] - window[0]
+                await asyncio.wait_for(browser_task, timing[2] - time.time() + 5)
+        return (c1 - c0) / (t1 - t0), cpu1 - cpu0, timing[1] - timing[0]
 
     try:
         accepted_rate, cpu, seconds = asyncio.run(measure())
         stats = collections.Counter()
         for _ in procs:
-            stats.update(queue.get(timeout=max(30.0, stop_at - time.time() + 60)))
+            stats.update(queue.get(timeout=max(30.0, timing[2] - time.time() + 60)))
         for proc in procs:
             proc.join(30)
         time.sleep(5.0)  # the agents have left: memory should return near idle
@@ -152,6 +162,7 @@ def show(result: dict) -> None:
           f"  CPU {result['cpu_percent']:4.0f}%  "
           f"connected {result['connected']}/{result['n']}  {lat}{memory}"
           + (f"  /metrics {result['scrape_s']:.2f}s" if "scrape_s" in result else "")
+          + (f"  all welcomed {result['welcomed_after_s']:.0f}s after the start" if result["server"] != "bare" else "")
           + (f"  dashboards {result['dashboards']}" if result["dashboards"] else "")
           + (f"  control frames {result['control_frames']}" if result["control_frames"] else "")
           + (f"  retried: {result['failures']}" if result["failures"] else "")
@@ -190,8 +201,9 @@ def storm(fleet: Fleet, n: int, args: argparse.Namespace, processes: int) -> flo
     queue: mp.Queue = mp.Queue()
     agents = list(enumerate(fleet.secrets[:n]))
     start_at, far = time.time() + 1.0, time.time() + 3600
+    timing = mp.RawArray("d", [far, far, far])
     procs = [mp.Process(target=generator, args=(url, agents[i::args.procs], start_at, max(2.0, n / args.connect_rate),
-                                                (far, far), far, False, args.gpus, queue, welcomes))
+                                                timing, False, args.gpus, queue, welcomes))
              for i in range(args.procs)]
     for proc in procs:
         proc.start()
@@ -266,12 +278,14 @@ def main() -> int:
     parser.add_argument("--max-nodes", type=int, default=16000, help="the search stops here")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per phase (default 20)")
     parser.add_argument("--settle", type=float, default=None,
-                        help="seconds between the ramp and the window (default max(5, N/300))")
+                        help="seconds between the last welcome and the window (default max(5, N/1000))")
     parser.add_argument("--connect-rate", type=float, default=800.0, help="agent connections opened per second")
     parser.add_argument("--procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--gpus", type=int, choices=(4, 8), default=8)
     parser.add_argument("--storm-nodes", type=int, default=2000, help="agents in the reconnect storm (0: skip)")
     parser.add_argument("--dashboards", type=int, default=50, help="open dashboards for the extra point (0: skip)")
+    parser.add_argument("--servers", default="bare,fleet_1proc,fleet_2proc",
+                        help="which of bare, fleet_1proc, fleet_2proc to measure (default all; ratios need bare)")
     parser.add_argument("--embedded", action="store_true",
                         help="Fleet on its embedded default (SQLite, in-memory layer; 1 process only)")
     parser.add_argument("--heartbeat", type=float, default=None,
@@ -285,6 +299,10 @@ def main() -> int:
         parser.error("--nodes must be at least 1")
     if args.duration < 2:
         parser.error("--duration must be at least 2 seconds")
+    chosen = set(args.servers.split(","))
+    if chosen - {"bare", "fleet_1proc", "fleet_2proc"}:
+        parser.error(f"--servers: unknown {sorted(chosen - {'bare', 'fleet_1proc', 'fleet_2proc'})}; "
+                     "use bare, fleet_1proc, fleet_2proc")
 
     hello, prefix, suffix = frames(args.gpus)
     top = max(args.nodes or args.max_nodes, args.storm_nodes)
@@ -298,6 +316,7 @@ def main() -> int:
     bare.secrets = fleet.secrets
     profile_path = tmp / "profile.txt"
     kinds = [("bare", bare, 1), ("fleet_1proc", fleet, 1)] + ([] if args.embedded else [("fleet_2proc", fleet, 2)])
+    kinds = [kind for kind in kinds if kind[0] in chosen]
     report: dict = {}
     held: dict[str, tuple[int, dict | None]] = {}
     try:
@@ -316,13 +335,13 @@ def main() -> int:
                 start = args.start * 4 if server is bare else args.start
                 held[name] = search(run, start, args.max_nodes)
                 print(f"  → largest N held: {held[name][0]}", flush=True)
-        bare_n = held["bare"][0]
-        report["bare_max_n"] = bare_n
+        bare_n = held["bare"][0] if "bare" in held else 0
+        report["bare_max_n"] = bare_n if "bare" in held else None
         for name in [k for k, _, _ in kinds if k != "bare"]:
             report[f"{name.replace('fleet_', 'fleet_max_n_')}"] = held[name][0]
             report[f"ratio_{name.split('_')[1]}"] = round(held[name][0] / bare_n, 3) if bare_n else None
         last = "fleet_2proc" if "fleet_2proc" in held else "fleet_1proc"
-        best_n, best = held[last]
+        best_n, best = held.get(last, (0, None))
         processes = 2 if last == "fleet_2proc" else 1
         if best is not None and best_n:
             report["p99_ms"] = round(best["p99"] * 1000) if best["p99"] is not None else None

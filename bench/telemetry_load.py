@@ -41,9 +41,10 @@ def agent_frames(base: tuple[str, str, str], number: int) -> tuple[str, str, str
 # ---- load generator (one process, many agents) ----------------------------------------------------------
 
 
-def generator(url: str, secrets: list[tuple[int, str]], start_at: float, ramp: float, window: tuple[float, float],
-              stop_at: float, bare: bool, gpus: int, out: mp.Queue, welcomes=None) -> None:
-    """Agents ``(number, secret)`` of this process; ``welcomes`` (a shared counter) counts welcome frames."""
+def generator(url: str, secrets: list[tuple[int, str]], start_at: float, ramp: float, timing, bare: bool, gpus: int,
+              out: mp.Queue, welcomes=None) -> None:
+    """Agents ``(number, secret)`` of this process. ``timing`` (shared doubles, set by the parent while we
+    run): [measured window start, window end, stop]; ``welcomes`` (a shared counter) counts welcome frames."""
     import websockets
 
     base = frames(gpus)
@@ -59,7 +60,7 @@ def generator(url: str, secrets: list[tuple[int, str]], start_at: float, ramp: f
         loop = asyncio.get_running_loop()
         next_at = loop.time() + (hash(secret) % 1000) / 1000  # spread sends over the second
         counted = False
-        while time.time() < stop_at:
+        while time.time() < timing[2]:
             try:
                 ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {secret}"},
                                               max_size=2**24, ping_interval=None, open_timeout=60, close_timeout=1)
@@ -88,12 +89,12 @@ def generator(url: str, secrets: list[tuple[int, str]], start_at: float, ramp: f
                 if not counted:
                     counted = True
                     stats["connected"] += 1
-                while time.time() < stop_at:
+                while time.time() < timing[2]:
                     next_at = max(next_at + interval[0], loop.time())
                     await asyncio.sleep(next_at - loop.time())
                     now = time.time()
                     await ws.send(prefix + repr(now) + suffix)
-                    if window[0] <= now < window[1]:
+                    if timing[0] <= now < timing[1]:
                         stats["sent"] += 1
                 with contextlib.suppress(Exception):
                     await ws.close()
@@ -115,13 +116,14 @@ def generator(url: str, secrets: list[tuple[int, str]], start_at: float, ramp: f
 # ---- the "browser" ----------------------------------------------------------------------------------------
 
 
-async def browser(base: str, cookie: str, node_ids: list[int], window: tuple[float, float],
-                  latencies: list[float], stop_at: float, dashboards: int = 0) -> None:
-    await asyncio.gather(*(node_page(base, cookie, n, window, latencies, stop_at) for n in node_ids),
-                         *(dashboard(base, cookie, stop_at) for _ in range(dashboards)))
+async def browser(base: str, cookie: str, node_ids: list[int], timing, latencies: list[float],
+                  dashboards: int = 0) -> None:
+    """Node pages timing updates inside the window ``timing`` [start, end, stop], and open dashboards."""
+    await asyncio.gather(*(node_page(base, cookie, n, timing, latencies) for n in node_ids),
+                         *(dashboard(base, cookie, timing) for _ in range(dashboards)))
 
 
-async def dashboard(base: str, cookie: str, stop_at: float) -> None:
+async def dashboard(base: str, cookie: str, timing) -> None:
     """An open overview page: the fleet heatmap topic, every update read and decoded."""
     import websockets
 
@@ -130,25 +132,24 @@ async def dashboard(base: str, cookie: str, stop_at: float) -> None:
                                   max_size=2**26, open_timeout=60) as ws:
         await ws.send(json.dumps({"type": "subscribe", "topics": ["telemetry:fleet"]}))
         with contextlib.suppress(TimeoutError):
-            while time.time() < stop_at:
-                json.loads(await asyncio.wait_for(ws.recv(), max(0.1, stop_at - time.time())))
+            while time.time() < timing[2]:
+                json.loads(await asyncio.wait_for(ws.recv(), max(0.1, timing[2] - time.time())))
 
 
-async def node_page(base: str, cookie: str, node_id: int, window: tuple[float, float],
-                    latencies: list[float], stop_at: float) -> None:
+async def node_page(base: str, cookie: str, node_id: int, timing, latencies: list[float]) -> None:
     import websockets
 
     url = base.replace("http://", "ws://") + "/ws/live/"
     async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": base},
                                   max_size=2**24, open_timeout=60) as ws:
         await ws.send(json.dumps({"type": "subscribe", "topics": [f"telemetry:node:{node_id}"]}))
-        while time.time() < stop_at:
+        while time.time() < timing[2]:
             try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, stop_at - time.time())))
+                message = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, timing[2] - time.time())))
             except TimeoutError:
                 break
             now = time.time()
-            if message.get("kind") != "telemetry" or not window[0] <= now < window[1]:
+            if message.get("kind") != "telemetry" or not timing[0] <= now < timing[1]:
                 continue
             for entry in message.get("nodes", {}).values():
                 latencies.append(now - entry["latest"]["agent_ts"])

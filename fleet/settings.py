@@ -154,6 +154,9 @@ try:
     # renewed at each welcome, so a node cut off from the server keeps pulling from its cache that long.
     FLEET_SITE_TOKEN_TTL = env_float("FLEET_SITE_TOKEN_TTL", 24 * 3600.0, minimum=60, maximum=30 * 86400)
     FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
+    # Offer agents the compact metrics encoding (protocol v2: half the bytes, same server CPU). Off by
+    # default: agents older than the v2 agent refuse a welcome that carries the offer.
+    FLEET_COMPACT_METRICS = env_bool("FLEET_COMPACT_METRICS", False)
     # The /v1 gateway (fleet/playground/gateway.py): requests per minute per API key, per server process.
     FLEET_GATEWAY_REQUESTS_PER_MINUTE = env_float("FLEET_GATEWAY_REQUESTS_PER_MINUTE", 600.0, minimum=1)
     # A new rollout's soak after each activation when its strategy does not say (`make demo` uses 10 s).

@@ -77,6 +77,9 @@ def write(arrived: dict[int, list[Any] | None], now: datetime | None = None) -> 
     return revived
 
 
+_load_caches = database_sync_to_async(sites.load_caches, thread_sensitive=False)
+
+
 async def site_offer(node_id: int, labels: dict | None) -> SiteCacheOffer | None:
     """`sites.offer_for` without a query per agent: at most one load of the site caches per process and
     heartbeat, shared by every connection that asks meanwhile."""
@@ -84,6 +87,8 @@ async def site_offer(node_id: int, labels: dict | None) -> SiteCacheOffer | None
         loop = asyncio.get_running_loop()
         task = _loads.get(loop)
         if task is None or task.done():
-            task = _loads[loop] = loop.create_task(database_sync_to_async(sites.load_caches)())
+            # A read on the shared pool, not the one ORM thread: behind a storm of first hellos (a transaction
+            # each) every welcome would wait for the whole queue.
+            task = _loads[loop] = loop.create_task(_load_caches())
         await asyncio.shield(task)
     return sites.cached_offer(node_id, labels)

@@ -282,6 +282,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 mirror_url=hub_commands.mirror_url(self.scope),
                 max_metrics_frame_bytes=settings.FLEET_MAX_METRICS_FRAME_BYTES,
                 site_cache=offer,
+                protocols=([protocol.PROTOCOL_VERSION, protocol.COMPACT_METRICS_VERSION]
+                           if settings.FLEET_COMPACT_METRICS else None),
             )
         )
         # unfinished model commands (the agent reports what it already reached): re-sent by the next poll tick

@@ -163,3 +163,25 @@ async def test_rotation_closes_only_the_connection_of_the_old_secret(make_node):
     await database_sync_to_async(revoke_credential)("test", credential)  # already revoked: no-op
     assert await new.receive_nothing(timeout=0.5)
     await new.disconnect()
+
+
+@pytest.mark.parametrize("compact", [False, True])
+async def test_the_compact_metrics_encoding_is_offered_only_when_enabled(make_node, settings, compact):
+    from fleet.agent.protocol import GpuSample, Metrics, dump_metrics
+    from fleet.telemetry.live import live_telemetry
+
+    settings.FLEET_COMPACT_METRICS = compact
+    node, secret = await database_sync_to_async(make_node)()
+    comm = agent(secret)
+    assert (await comm.connect())[0]
+    await comm.send_json_to(hello())
+    welcome = await comm.receive_json_from(timeout=5)
+    assert welcome.get("protocols") == ([1, 2] if compact else None)
+    frame = Metrics(type="metrics", ts=1.0, gpus=[GpuSample(index=0, uuid="GPU-00000000", utilization_gpu=42.5)])
+    text = dump_metrics(frame, welcome.get("protocols"))
+    assert ('"v":2' in text) is compact
+    await comm.send_to(text_data=text)
+    await comm.receive_nothing(timeout=0.3)  # no error frame
+    live = live_telemetry.nodes[node.pk]
+    assert live.latest_json() and '"utilization_gpu":42.5' in live.latest_json()
+    await comm.disconnect()
