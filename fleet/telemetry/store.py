@@ -103,6 +103,7 @@ class RedisStore:
     # ---- writer (the flusher of the process that holds the agent connections) ----------------------
 
     async def push(self, source: LiveTelemetry) -> None:
+        source.shared = True
         dirty, source.dirty = source.dirty, set()
         pipe = self.aio.pipeline(transaction=False)
         latest, heat = {}, {}
@@ -114,10 +115,10 @@ class RedisStore:
             heat[nid] = json.dumps(live.heat(), separators=(",", ":"))
             if live.unflushed:
                 key = self.key("win", nid)
-                pipe.rpush(key, *[json.dumps(p, separators=(",", ":")) for p in live.unflushed])
+                pipe.rpush(key, *live.unflushed)
                 pipe.ltrim(key, -WINDOW_MAX_POINTS, -1)
                 pipe.expire(key, WINDOW_SECONDS)
-                live.unflushed = []
+                live.unflushed.clear()
         if latest:
             pipe.hset(self.key("latest"), mapping=latest)
             pipe.hset(self.key("heat"), mapping=heat)
@@ -200,6 +201,7 @@ def get_store() -> LocalStore | RedisStore:
         backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
         if url and "Redis" in backend:
             _store = RedisStore(url, settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "fleet"))
+            live_telemetry.shared = True
         else:
             _store = LocalStore()
     return _store
