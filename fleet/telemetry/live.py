@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import time
 from array import array
 from collections import deque
@@ -108,6 +109,7 @@ VALUE_FIELDS = ("utilization_gpu", "utilization_memory", "memory_used_bytes", "m
                 "power_w", "sm_clock_mhz", "mem_clock_mhz", "fan_percent", "energy_j", "ecc_corrected",
                 "ecc_uncorrected")
 NV = len(VALUE_FIELDS)
+_get_values = operator.attrgetter(*VALUE_FIELDS)
 UTIL, _, USED, TOTAL, TEMP, POWER = range(6)
 # Points waiting for RedisStore.push (every 0.5 s; only kept when this process feeds Redis): a catch-up batch
 # (at most 600 points) fits; beyond, the oldest are dropped and counted.
@@ -149,7 +151,7 @@ class NodeLive:
         """The latest frame as the browser and /metrics see it."""
         if self.frame is None:
             return ""
-        return f'{self.frame},"agent_ts":{self.agent_ts},"ts":{json.dumps(self.ts)},"seq":{self.seq},' \
+        return f'{self.frame},"agent_ts":{self.agent_ts},"ts":{float(self.ts)!r},"seq":{self.seq},' \
                f'"node":{self.node_id}}}'
 
     def keep_frame(self, frame: Metrics) -> None:
@@ -162,12 +164,11 @@ class NodeLive:
             text = json.dumps(body, separators=(",", ":"))
         else:  # pydantic-core's serializer: a quarter of model_dump + json.dumps
             text = frame.model_dump_json(exclude_none=True, exclude={"type", "v", "ts"})
-        self.frame, self.agent_ts = text[:-1], json.dumps(frame.ts)
+        self.frame, self.agent_ts = text[:-1], repr(float(frame.ts))
         ids = tuple((gpu.index, gpu.uuid, gpu.lost) for gpu in gpus)
         if ids != self.gpus:
             self.gpus = ids
-        self.values = array("d", [math.nan if (v := getattr(gpu, name)) is None else v
-                                  for gpu in gpus for name in VALUE_FIELDS])
+        self.values = array("d", [math.nan if v is None else v for gpu in gpus for v in _get_values(gpu)])
 
     def gpu_values(self) -> Iterator[tuple[int, str, bool, list[float | None]]]:
         """(index, uuid, lost, VALUE_FIELDS values) per GPU of the latest frame."""

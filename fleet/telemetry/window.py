@@ -41,14 +41,6 @@ _F32 = struct.Struct("f")
 Row = tuple[int, float | None, int | None, float | None, float | None, int | None]  # index, util, MiB, °C, W, MHz
 
 
-def _num(value: float | None) -> float:
-    return NAN if value is None else value
-
-
-def _int(value: int | None) -> int:
-    return NONE_INT if value is None else min(int(value), INT_MAX)
-
-
 def _float_out(value: float) -> float | None:
     """A float32 read back as the shortest decimal that maps to the same float32 (None for NaN)."""
     if value != value:
@@ -108,74 +100,23 @@ class Ring:
                 _float_out(floats[k + 2]), None if mhz == NONE_INT else mhz]
 
 
-class Bucket:
-    """Sums of the recent points that fell out of ``recent`` within one BUCKET_SECONDS slice."""
-
-    __slots__ = ("key", "n", "ts", "sums", "counts", "present")
-
-    def __init__(self, slots: int) -> None:
-        self.key, self.n, self.ts = None, 0, 0.0
-        self.sums = array("d", bytes(8 * 5 * slots))  # per slot: util, MiB, °C, W, MHz
-        self.counts = array("i", bytes(4 * 5 * slots))
-        self.present = array("i", bytes(4 * slots))
-
-    def add_slot(self) -> None:
-        self.sums.extend([0.0] * 5)
-        self.counts.extend([0] * 5)
-        self.present.append(0)
-
-    def clear(self) -> None:
-        self.key, self.n, self.ts = None, 0, 0.0
-        self.sums = array("d", bytes(8 * len(self.sums)))
-        self.counts = array("i", bytes(4 * len(self.counts)))
-        self.present = array("i", bytes(4 * len(self.present)))
-
-    def add(self, ring: Ring, at: int) -> None:
-        self.n += 1
-        self.ts += ring.ts[at]
-        for slot, (floats, ints) in enumerate(zip(ring.f, ring.i, strict=True)):
-            mib = ints[INTS * at]
-            if mib == ABSENT:
-                continue
-            self.present[slot] += 1
-            base = 5 * slot
-            for k, value in enumerate((floats[FLOATS * at], mib, floats[FLOATS * at + 1], floats[FLOATS * at + 2],
-                                       ints[INTS * at + 1])):
-                if value == value and not (k in (1, 4) and value == NONE_INT):
-                    self.sums[base + k] += value
-                    self.counts[base + k] += 1
-
-    def mean(self, slot: int, k: int) -> float | None:
-        count = self.counts[5 * slot + k]
-        return self.sums[5 * slot + k] / count if count else None
-
-    def write(self, ring: Ring, at: int) -> None:
-        """Store the averages as a point at ``at`` in ``ring`` (its timestamp already set)."""
-        for slot in range(len(self.present)):
-            if not self.present[slot]:
-                continue
-            util, mib, temp, power, mhz = (self.mean(slot, k) for k in range(5))
-            floats, ints = ring.f[slot], ring.i[slot]
-            floats[FLOATS * at], floats[FLOATS * at + 1], floats[FLOATS * at + 2] = \
-                _num(util), _num(temp), _num(power)
-            ints[INTS * at] = NONE_INT if mib is None else round(mib)
-            ints[INTS * at + 1] = NONE_INT if mhz is None else round(mhz)
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 class Window:
-    """One node's chart points, oldest to newest: ``old`` buckets, the open bucket, then ``recent``."""
+    """One node's chart points, oldest to newest: ``old`` (bucket averages), then ``recent``."""
 
-    __slots__ = ("slots", "order", "recent", "old", "bucket")
+    __slots__ = ("slots", "order", "recent", "old")
 
     def __init__(self) -> None:
         self.slots: dict[int, int] = {}  # GPU index → column
         self.order: list[tuple[int, int]] = []  # (index, slot) by index: the output order
         self.recent = Ring(RECENT_POINTS, 0)
         self.old = Ring(OLD_POINTS, 0)
-        self.bucket = Bucket(0)
 
     def __len__(self) -> int:
-        return self.old.size + (1 if self.bucket.n else 0) + self.recent.size
+        return self.old.size + self.recent.size
 
     def newest(self) -> float | None:
         return self.recent.ts[self.recent.pos(-1)] if self.recent.size else None
@@ -186,9 +127,8 @@ class Window:
             if len(self.slots) >= MAX_SLOTS:
                 return None
             slot = self.slots[index] = len(self.slots)
-            for ring in (self.recent, self.old):
-                ring.add_slot()
-            self.bucket.add_slot()
+            self.recent.add_slot()
+            self.old.add_slot()
             self.order = sorted(self.slots.items())
         return slot
 
@@ -198,44 +138,49 @@ class Window:
             self.__init__()  # GPU indexes keep changing (no real node does): start afresh rather than grow
         recent = self.recent
         if recent.size == recent.cap:
-            self._retire(recent.pos(0))
-            recent.popleft()
+            self._retire()
         at = recent.push(ts)
+        slots, fat, iat = self.slots, FLOATS * at, INTS * at
         for index, util, mib, temp, power, mhz in rows:
-            slot = self._slot(index)
-            if slot is None:
+            slot = slots.get(index)
+            if slot is None and (slot := self._slot(index)) is None:
                 continue
             floats, ints = recent.f[slot], recent.i[slot]
-            floats[FLOATS * at], floats[FLOATS * at + 1], floats[FLOATS * at + 2] = \
-                _num(util), _num(temp), _num(power)
-            ints[INTS * at], ints[INTS * at + 1] = _int(mib), _int(mhz)
+            floats[fat] = NAN if util is None else util
+            floats[fat + 1] = NAN if temp is None else temp
+            floats[fat + 2] = NAN if power is None else power
+            ints[iat] = NONE_INT if mib is None else min(mib, INT_MAX)
+            ints[iat + 1] = NONE_INT if mhz is None else mhz
         self._expire(ts - WINDOW_SECONDS)
 
-    def _retire(self, at: int) -> None:
-        """The oldest recent point leaves full resolution: into the open bucket, closing it first if it is
-        another slice's."""
-        key = int(self.recent.ts[at] // BUCKET_SECONDS)
-        if self.bucket.n and self.bucket.key != key:
-            self._close_bucket()
-        self.bucket.key = key
-        self.bucket.add(self.recent, at)
-
-    def _close_bucket(self) -> None:
-        old, bucket = self.old, self.bucket
+    def _retire(self) -> None:
+        """The oldest BUCKET_SECONDS slice of ``recent`` leaves full resolution: its points become one point of
+        ``old``, their averages (per GPU and field, over the samples that had a value)."""
+        recent, old = self.recent, self.old
+        key = recent.ts[recent.pos(0)] // BUCKET_SECONDS
+        group = []
+        while recent.size and recent.ts[at := recent.pos(0)] // BUCKET_SECONDS == key:
+            group.append(at)
+            recent.popleft()
         if old.size == old.cap:
             old.popleft()
-        bucket.write(old, old.push(round(bucket.ts / bucket.n, 3)))
-        bucket.clear()
+        dest = old.push(round(sum(recent.ts[at] for at in group) / len(group), 3))
+        for slot, (floats, ints) in enumerate(zip(recent.f, recent.i, strict=True)):
+            present = [at for at in group if ints[INTS * at] != ABSENT]
+            if not present:
+                continue
+            out_f, out_i = old.f[slot], old.i[slot]
+            for k in range(FLOATS):
+                mean = _mean([v for at in present if (v := floats[FLOATS * at + k]) == v])
+                out_f[FLOATS * dest + k] = NAN if mean is None else mean
+            for k in range(INTS):
+                mean = _mean([v for at in present if (v := ints[INTS * at + k]) != NONE_INT])
+                out_i[INTS * dest + k] = NONE_INT if mean is None else round(mean)
 
     def _expire(self, cutoff: float) -> None:
-        old = self.old
-        while old.size and old.ts[old.pos(0)] < cutoff:
-            old.popleft()
-        if self.bucket.n and self.bucket.ts / self.bucket.n < cutoff and not old.size:
-            self.bucket.clear()
-        recent = self.recent
-        while recent.size and recent.ts[recent.pos(0)] < cutoff and not self.bucket.n:
-            recent.popleft()
+        for ring in (self.old, self.recent):
+            while ring.size and ring.ts[ring.pos(0)] < cutoff:
+                ring.popleft()
 
     # ---- reads -------------------------------------------------------------------------------------
 
@@ -243,21 +188,11 @@ class Window:
         rows = [ring.row(slot, at, index) for index, slot in self.order]
         return [ring.ts[at], [row for row in rows if row is not None]]
 
-    def _bucket_point(self) -> list:
-        scratch = Ring(1, len(self.slots))
-        at = scratch.push(round(self.bucket.ts / self.bucket.n, 3))
-        self.bucket.write(scratch, at)
-        return self._point(scratch, at)
-
     def newest_first(self) -> Iterator[list]:
         """Points as [ts, [[index, util, MiB, °C, W, MHz], ...]], newest first."""
-        recent, old = self.recent, self.old
-        for k in range(recent.size - 1, -1, -1):
-            yield self._point(recent, recent.pos(k))
-        if self.bucket.n:
-            yield self._bucket_point()
-        for k in range(old.size - 1, -1, -1):
-            yield self._point(old, old.pos(k))
+        for ring in (self.recent, self.old):
+            for k in range(ring.size - 1, -1, -1):
+                yield self._point(ring, ring.pos(k))
 
     def __iter__(self) -> Iterator[list]:
         return reversed(list(self.newest_first()))
