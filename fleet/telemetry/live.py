@@ -132,6 +132,7 @@ class NodeLive:
     gpus: tuple = ()  # (index, uuid, lost) per GPU of the latest frame
     values: array = field(default_factory=lambda: array("d"))  # VALUE_FIELDS per GPU of the latest frame
     window: Window | None = None  # None once the node's last connection closed (history: the DB rollups)
+    last_point: str | None = None  # the released window's newest point (JSON): where an offline node's line ends
     unflushed: deque = field(default_factory=deque)  # point JSON not yet copied to Redis
     connections: int = 0  # agent connections of this node open in this process
     minutes: dict[str, GpuMinute] = field(default_factory=dict)  # by GPU uuid
@@ -242,6 +243,9 @@ class LiveTelemetry:
         if not live.connections:
             for acc in list(live.minutes.values()):
                 self._finish(live, acc)
+            newest = next(live.window.newest_first(), None) if live.window else None
+            if newest is not None:
+                live.last_point = points_json(newest)
             live.window = None
 
     # ---- ingest (event loop, per frame) -------------------------------------------------------------
@@ -284,6 +288,11 @@ class LiveTelemetry:
         ts = round(ts, 3)  # the precision points carry: readers filter on the value they saw
         if live.window is None:
             live.window = Window()
+            if live.last_point is not None:  # reconnected: the line resumes after a visible gap
+                last_ts, rows = json.loads(live.last_point)
+                if ts - WINDOW_SECONDS <= last_ts < ts:
+                    live.window.append(last_ts, rows)
+                live.last_point = None
         live.window.append(ts, [_row(g) for g in gpus])
         if self.shared:
             if len(live.unflushed) >= UNFLUSHED_MAX:
@@ -371,8 +380,11 @@ class LiveTelemetry:
 
     def window_json(self, node_id: int, since: float = 0.0) -> str:
         live = self.nodes.get(node_id)
-        if live is None or live.window is None:
+        if live is None:
             return "[]"
+        if live.window is None:
+            last = live.last_point
+            return f"[{last}]" if last and float(last[1:last.index(",")]) > since else "[]"
         return points_json(live.window.since(since) if since else live.window)
 
     def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

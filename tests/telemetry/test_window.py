@@ -116,13 +116,23 @@ def test_none_values_survive_and_are_not_averaged_as_zero():
     assert json.loads(points_json(window))[-1][1][0][1] is None
 
 
-def test_frames_without_window_and_released_nodes_read_as_empty():
+def test_a_released_window_keeps_its_last_point_and_a_reconnect_resumes_after_it():
     telemetry = LiveTelemetry()
     assert telemetry.window_json(9) == "[]"
     telemetry.attach(9)
-    telemetry.ingest(9, frame(T0, gpu(0)), now=T0)
+    telemetry.attach(9)  # a replacement connection opens before the old one closes
+    for i in range(3):
+        telemetry.ingest(9, frame(T0 + i, gpu(0, utilization_gpu=float(i))), now=T0 + i)
     telemetry.detach(9)
-    assert telemetry.window_json(9) == "[]" and telemetry.nodes[9].latest is not None
+    assert len(json.loads(telemetry.window_json(9))) == 3  # the new connection still holds the window
+    telemetry.detach(9)
+    live = telemetry.nodes[9]
+    assert live.window is None and live.latest is not None and json.loads(live.latest_json())["seq"] == 3
+    assert json.loads(telemetry.window_json(9)) == [[T0 + 2, [[0, 2.0, 1024, 60.0, 300.0, 1980]]]]
+    assert telemetry.window_json(9, since=T0 + 2) == "[]"
+    telemetry.attach(9)
+    telemetry.ingest(9, frame(T0 + 60, gpu(0, utilization_gpu=9.0)), now=T0 + 60)
+    assert [p[0] for p in json.loads(telemetry.window_json(9))] == [T0 + 2, T0 + 60]
 
 
 def _frames(variants: int = 10) -> list[Metrics]:
