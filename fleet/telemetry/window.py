@@ -5,10 +5,11 @@ resolution for 15 minutes does not fit: 8 GPUs × 5 fields × 1,800 points × 4 
 
 * ``recent``: the last RECENT_POINTS points as sent (2 minutes at the default 1 s interval): what a chart's
   right edge and every ``since`` poll read;
-* ``old``: older points averaged into BUCKET_SECONDS buckets for the rest of the 15 minutes. A 15-minute
-  chart is a few hundred pixels wide, so 5 s is about one pixel: the averages draw the same line, and
-  BUCKET_SECONDS stays under a third of FLEET_OFFLINE_AFTER's default (15 s), so the browser's gap rule
-  (a break after max(offline_after, 3 × step)) never breaks a line between buckets. Spikes shorter than
+* ``old``: older points averaged into BUCKET_SECONDS buckets for the rest of the 15 minutes (a full recent
+  ring retires its oldest whole 5 s slice at once). A 15-minute chart is a few hundred pixels wide, so 5 s
+  is about one pixel: the averages draw the same line, and with BUCKET_SECONDS at a third of
+  FLEET_OFFLINE_AFTER's default (15 s) the browser's gap rule (a break after max(offline_after, 3 × step))
+  never breaks a line between buckets. Spikes shorter than
   a bucket are flattened there; the per-minute rollups keep min and max for history.
 
 A GPU field costs 4 bytes: utilization, temperature and power as float32 (None as NaN; read back as the

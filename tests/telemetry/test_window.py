@@ -173,3 +173,19 @@ def test_memory_per_connected_node_is_bounded_and_released_on_disconnect():
     assert per_node <= 100 * 1024, per_node
     assert after <= 10 * 1024, after  # the latest frame (to say when the node was last heard) and alert state
     assert all(live.window is None and not live.minutes for live in telemetry.nodes.values())
+
+
+def test_unflushed_points_are_kept_only_for_redis_and_bounded():
+    from fleet.telemetry.live import UNFLUSHED_MAX
+
+    embedded = LiveTelemetry()
+    embedded.ingest(1, frame(T0, gpu(0)), now=T0)
+    assert not embedded.nodes[1].unflushed  # nobody would drain them
+    shared = LiveTelemetry()
+    shared.shared = True
+    for i in range(UNFLUSHED_MAX + 50):
+        shared.ingest(1, frame(T0 + i, gpu(0, utilization_gpu=float(i % 100))), now=T0 + i)
+    unflushed = shared.nodes[1].unflushed
+    assert len(unflushed) == UNFLUSHED_MAX and shared.counters["unflushed_dropped"] == 50
+    assert json.loads(unflushed[-1]) == [T0 + UNFLUSHED_MAX + 49, [[0, float((UNFLUSHED_MAX + 49) % 100), 1024, 60.0,
+                                                                    300.0, 1980]]]
