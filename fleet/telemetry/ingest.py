@@ -9,6 +9,7 @@ from fleet.agent import protocol
 from fleet.telemetry.flusher import ensure_flusher, metrics_interval
 from fleet.telemetry.limits import FrameGate
 from fleet.telemetry.live import live_telemetry
+from fleet.telemetry.store import get_store
 
 
 class AgentTelemetry:
@@ -17,7 +18,8 @@ class AgentTelemetry:
         self.gate = FrameGate(settings.FLEET_AGENT_MAX_FRAMES_PER_SECOND)
         self.told = settings.FLEET_METRICS_INTERVAL  # the interval this agent was last told
         self.open = True
-        live_telemetry.connections += 1
+        get_store()  # decides, before the first frame, whether this process keeps points for Redis
+        live_telemetry.attach(node_id)
         ensure_flusher()
 
     def admit(self) -> bool:
@@ -71,4 +73,4 @@ class AgentTelemetry:
     def close(self) -> None:
         if self.open:
             self.open = False
-            live_telemetry.connections -= 1
+            live_telemetry.detach(self.node_id)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import time
+from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.agent.protocol import GpuSample, Metrics, MetricsBatch
+from fleet.telemetry.minutes import GpuMinute, minute_of
+from fleet.telemetry.window import WINDOW_SECONDS, Row, Window, points_json
 
-WINDOW_SECONDS = 15 * 60
-WINDOW_MAX_POINTS = 1800  # also capped by count: an agent on a 0.5 s interval fills 15 min
+WINDOW_MAX_POINTS = 1800  # Redis's copy of a window: an agent on a 0.5 s interval fills 15 min
 MIB = 1024 * 1024
 # XIDs caused by applications (illegal address, page faults in user code, ...), not by the hardware.
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
@@ -28,77 +32,20 @@ MAX_PENDING_ALERTS = 1000
 TEMP_CLEAR_MARGIN = 5.0
 
 
-def minute_of(ts: float) -> int:
-    return int(ts // 60) * 60
+# Per GPU of the latest frame, in this order (None as NaN): what heat() and /metrics read without parsing JSON.
+VALUE_FIELDS = ("utilization_gpu", "utilization_memory", "memory_used_bytes", "memory_total_bytes", "temperature_c",
+                "power_w", "sm_clock_mhz", "mem_clock_mhz", "fan_percent", "energy_j", "ecc_corrected",
+                "ecc_uncorrected")
+NV = len(VALUE_FIELDS)
+_get_values = operator.attrgetter(*VALUE_FIELDS)
+UTIL, _, USED, TOTAL, TEMP, POWER = range(6)
+# Points waiting for RedisStore.push (every 0.5 s; only kept when this process feeds Redis): a catch-up batch
+# (at most 600 points) fits; beyond, the oldest are dropped and counted.
+UNFLUSHED_MAX = 900
 
 
-class Stat:
-    """min / sum / max / count of one metric over one minute."""
-
-    __slots__ = ("n", "total", "low", "high")
-
-    def __init__(self) -> None:
-        self.n, self.total, self.low, self.high = 0, 0.0, math.inf, -math.inf
-
-    def add(self, value: float | None) -> None:
-        if value is None:
-            return
-        self.n += 1
-        self.total += value
-        if value < self.low:
-            self.low = value
-        if value > self.high:
-            self.high = value
-
-    def result(self) -> tuple[float | None, float | None, float | None]:
-        if not self.n:
-            return None, None, None
-        return self.low, self.total / self.n, self.high
-
-
-class GpuMinute:
-    __slots__ = ("minute", "index", "uuid", "samples", "util", "mem", "temp", "power", "mem_total",
-                 "energy_first", "energy_last")
-
-    def __init__(self, minute: int, index: int, uuid: str) -> None:
-        self.minute, self.index, self.uuid, self.samples = minute, index, uuid, 0
-        self.util, self.mem, self.temp, self.power = Stat(), Stat(), Stat(), Stat()
-        self.mem_total: int | None = None
-        self.energy_first: float | None = None
-        self.energy_last: float | None = None
-
-    def add(self, gpu: GpuSample) -> None:
-        self.samples += 1
-        self.util.add(gpu.utilization_gpu)
-        self.mem.add(gpu.memory_used_bytes)
-        self.temp.add(gpu.temperature_c)
-        self.power.add(gpu.power_w)
-        if gpu.memory_total_bytes is not None:
-            self.mem_total = gpu.memory_total_bytes
-        if gpu.energy_j is not None:
-            if self.energy_first is None:
-                self.energy_first = gpu.energy_j
-            self.energy_last = gpu.energy_j
-
-    def row(self, node_id: int, energy_before: float | None) -> dict[str, Any]:
-        """The rollup as model field values; energy is the counter delta since the previous minute's
-        last reading when there is one (so no joule falls between two minutes)."""
-        start = energy_before if energy_before is not None else self.energy_first
-        energy = None
-        if start is not None and self.energy_last is not None and self.energy_last >= start:
-            energy = self.energy_last - start
-        mem = self.mem.result()
-        return {
-            "node_id": node_id, "gpu_index": self.index, "gpu_uuid": self.uuid, "minute": self.minute,
-            "samples": self.samples,
-            **dict(zip(("util_min", "util_avg", "util_max"), self.util.result(), strict=True)),
-            **dict(zip(("mem_used_min", "mem_used_avg", "mem_used_max"),
-                       (None if v is None else int(v) for v in mem), strict=True)),
-            "mem_total": self.mem_total,
-            **dict(zip(("temp_min", "temp_avg", "temp_max"), self.temp.result(), strict=True)),
-            **dict(zip(("power_min", "power_avg", "power_max"), self.power.result(), strict=True)),
-            "energy_j": energy,
-        }
+def _value(value: float | None) -> float | None:
+    return None if value != value else value
 
 
 @dataclass
@@ -106,9 +53,16 @@ class NodeLive:
     node_id: int
     seq: int = 0
     ts: float = 0.0  # server time of the latest frame
-    latest: Metrics | None = None
-    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW_MAX_POINTS))  # point() tuples
-    unflushed: list = field(default_factory=list)  # window points not yet copied to Redis
+    # The latest frame as JSON without its closing brace (``ts``, ``seq``, ``node`` are appended on read):
+    # 3 KB where the parsed frame held 12 KB. None until the first frame.
+    frame: str | None = None
+    agent_ts: str = ""
+    gpus: tuple = ()  # (index, uuid, lost) per GPU of the latest frame
+    values: array = field(default_factory=lambda: array("d"))  # VALUE_FIELDS per GPU of the latest frame
+    window: Window | None = None  # None once the node's last connection closed (history: the DB rollups)
+    last_point: str | None = None  # the released window's newest point (JSON): where an offline node's line ends
+    unflushed: deque = field(default_factory=deque)  # point JSON not yet copied to Redis
+    connections: int = 0  # agent connections of this node open in this process
     minutes: dict[str, GpuMinute] = field(default_factory=dict)  # by GPU uuid
     energy_last: dict[str, float] = field(default_factory=dict)  # last reading of the finished minute
     lost: set[str] = field(default_factory=set)
@@ -116,52 +70,69 @@ class NodeLive:
     ecc: dict[str, int] = field(default_factory=dict)
     xid_seen: dict[tuple[str, int], float] = field(default_factory=dict)
     last_xid: dict[str, int] = field(default_factory=dict)  # DCGM_FI_DEV_XID_ERRORS: the last XID per GPU
-    _json_seq: int = -1
-    _json: str = ""
+
+    @property
+    def latest(self) -> str | None:
+        """Not None once the node has sent a frame."""
+        return self.frame
 
     def latest_json(self) -> str:
-        """The latest frame as the browser and /metrics see it (serialised once per new frame)."""
-        if self._json_seq != self.seq and self.latest is not None:
-            body = self.latest.model_dump(exclude_none=True, exclude={"type", "v"})
-            body["agent_ts"] = body.pop("ts")
+        """The latest frame as the browser and /metrics see it."""
+        if self.frame is None:
+            return ""
+        return f'{self.frame},"agent_ts":{self.agent_ts},"ts":{float(self.ts)!r},"seq":{self.seq},' \
+               f'"node":{self.node_id}}}'
+
+    def keep_frame(self, frame: Metrics) -> None:
+        gpus = frame.gpus
+        if any(gpu.uuid in self.last_xid for gpu in gpus):
+            body = frame.model_dump(exclude_none=True, exclude={"type", "v", "ts"})
             for gpu in body["gpus"]:
                 if gpu["uuid"] in self.last_xid:
                     gpu["last_xid"] = self.last_xid[gpu["uuid"]]
-            body.update(ts=self.ts, seq=self.seq, node=self.node_id)
-            self._json, self._json_seq = json.dumps(body, separators=(",", ":")), self.seq
-        return self._json
+            text = json.dumps(body, separators=(",", ":"))
+        else:  # pydantic-core's serializer: a quarter of model_dump + json.dumps
+            text = frame.model_dump_json(exclude_none=True, exclude={"type", "v", "ts"})
+        self.frame, self.agent_ts = text[:-1], repr(float(frame.ts))
+        ids = tuple((gpu.index, gpu.uuid, gpu.lost) for gpu in gpus)
+        if ids != self.gpus:
+            self.gpus = ids
+        self.values = array("d", [math.nan if v is None else v for gpu in gpus for v in _get_values(gpu)])
+
+    def gpu_values(self) -> Iterator[tuple[int, str, bool, list[float | None]]]:
+        """(index, uuid, lost, VALUE_FIELDS values) per GPU of the latest frame."""
+        values = self.values
+        for k, (index, uuid, lost) in enumerate(self.gpus):
+            yield index, uuid, lost, [_value(v) for v in values[NV * k:NV * (k + 1)]]
 
     def heat(self) -> list[list[Any]]:
         """Per GPU [index, util %, memory %, temperature °C, lost, power W, memory used MiB, memory total MiB]
         for the fleet heatmap and GPU table (None when unknown)."""
         cells = []
-        for gpu in self.latest.gpus if self.latest else ():
-            mem = None
-            if gpu.memory_used_bytes is not None and gpu.memory_total_bytes:
-                mem = round(100 * gpu.memory_used_bytes / gpu.memory_total_bytes, 1)
-            used = None if gpu.memory_used_bytes is None else gpu.memory_used_bytes // MIB
-            total = None if gpu.memory_total_bytes is None else gpu.memory_total_bytes // MIB
-            cells.append([gpu.index, None if gpu.lost else gpu.utilization_gpu, mem, gpu.temperature_c,
-                          1 if gpu.lost else 0, gpu.power_w, used, total])
+        for index, _, lost, values in self.gpu_values():
+            used, total = values[USED], values[TOTAL]
+            mem = round(100 * used / total, 1) if used is not None and total else None
+            cells.append([index, None if lost else values[UTIL], mem, values[TEMP], 1 if lost else 0,
+                          values[POWER], None if used is None else int(used) // MIB,
+                          None if total is None else int(total) // MIB])
         return cells
 
 
-def point(ts: float, gpus: list[GpuSample]) -> tuple:
-    """One window point, kept as tuples (serialised only when read): (ts, ((index, util, memory MiB,
-    temperature, power, SM clock MHz), ...))."""
-    return ts, tuple((g.index, g.utilization_gpu, None if g.memory_used_bytes is None else g.memory_used_bytes // MIB,
-                      g.temperature_c, g.power_w, g.sm_clock_mhz) for g in gpus)
+def point_json(ts: float, gpus: list[GpuSample]) -> str:
+    """One window point as browsers read it: [ts, [[index, util, memory MiB, temperature, power, SM MHz], ...]]."""
+    return json.dumps([ts, [_row(g) for g in gpus]], separators=(",", ":"))
 
 
-def points_json(points) -> str:
-    """Window points as the JSON array browsers read: [[ts, [[index, util, MiB, °C, W, MHz], ...]], ...]."""
-    return json.dumps(list(points), separators=(",", ":"))
+def _row(g: GpuSample) -> Row:
+    return (g.index, g.utilization_gpu, None if g.memory_used_bytes is None else g.memory_used_bytes // MIB,
+            g.temperature_c, g.power_w, g.sm_clock_mhz)
 
 
 class LiveTelemetry:
     """All live telemetry of this process. One instance per process (``live_telemetry``)."""
 
     def __init__(self) -> None:
+        self.shared = False  # this process feeds Redis (RedisStore.push): keep unflushed points for it
         self.reset()
 
     def reset(self) -> None:
@@ -176,7 +147,7 @@ class LiveTelemetry:
         self.connections = 0
         self._stale_due = 0.0
         self.counters = {"frames": 0, "points": 0, "bytes": 0, "dropped": 0, "rejected": 0, "alerts_dropped": 0,
-                         "agent_dropped": 0}
+                         "agent_dropped": 0, "unflushed_dropped": 0}
 
     def node(self, node_id: int) -> NodeLive:
         live = self.nodes.get(node_id)
@@ -184,13 +155,35 @@ class LiveTelemetry:
             live = self.nodes[node_id] = NodeLive(node_id)
         return live
 
+    def attach(self, node_id: int) -> None:
+        """An agent connection of this node opened (a replacement may open before the old one closes)."""
+        self.node(node_id).connections += 1
+        self.connections += 1
+
+    def detach(self, node_id: int) -> None:
+        """An agent connection closed; with the node's last one, its window and running minutes go (the
+        minutes into rollups). The latest frame stays: an offline node's page shows when it was last heard."""
+        self.connections -= 1
+        live = self.nodes.get(node_id)
+        if live is None:
+            return
+        live.connections = max(0, live.connections - 1)
+        if not live.connections:
+            for acc in list(live.minutes.values()):
+                self._finish(live, acc)
+            newest = next(live.window.newest_first(), None) if live.window else None
+            if newest is not None:
+                live.last_point = points_json(newest)
+            live.window = None
+
     # ---- ingest (event loop, per frame) -------------------------------------------------------------
 
     def ingest(self, node_id: int, frame: Metrics, size: int = 0, now: float | None = None) -> None:
         now = time.time() if now is None else now
         live = self.node(node_id)
         self._fold(live, now, frame.gpus)
-        live.latest, live.ts = frame, now
+        live.keep_frame(frame)
+        live.ts = now
         live.seq += 1
         self.seq += 1
         self.dirty.add(node_id)
@@ -204,7 +197,7 @@ class LiveTelemetry:
         now = time.time() if now is None else now
         live = self.node(node_id)
         skew = now - batch.sent
-        newest = live.window[-1][0] if live.window else 0.0
+        newest = (live.window.newest() if live.window else None) or 0.0
         for point in sorted(batch.points, key=lambda p: p.ts):
             ts = point.ts + skew
             if ts <= newest or ts < now - WINDOW_SECONDS or ts > now:
@@ -221,13 +214,19 @@ class LiveTelemetry:
 
     def _fold(self, live: NodeLive, ts: float, gpus: list[GpuSample]) -> None:
         ts = round(ts, 3)  # the precision points carry: readers filter on the value they saw
-        sample = point(ts, gpus)
-        live.window.append(sample)
-        live.unflushed.append(sample)
-        if len(live.unflushed) > WINDOW_MAX_POINTS:
-            del live.unflushed[: -WINDOW_MAX_POINTS]
-        while live.window and live.window[0][0] < ts - WINDOW_SECONDS:
-            live.window.popleft()
+        if live.window is None:
+            live.window = Window()
+            if live.last_point is not None:  # reconnected: the line resumes after a visible gap
+                last_ts, rows = json.loads(live.last_point)
+                if ts - WINDOW_SECONDS <= last_ts < ts:
+                    live.window.append(last_ts, rows)
+                live.last_point = None
+        live.window.append(ts, [_row(g) for g in gpus])
+        if self.shared:
+            if len(live.unflushed) >= UNFLUSHED_MAX:
+                live.unflushed.popleft()
+                self.counters["unflushed_dropped"] += 1
+            live.unflushed.append(point_json(ts, gpus))
         minute = minute_of(ts)
         for gpu in gpus:
             self._alerts_for(live, ts, gpu)
@@ -311,14 +310,10 @@ class LiveTelemetry:
         live = self.nodes.get(node_id)
         if live is None:
             return "[]"
-        if not since:
-            return points_json(live.window)
-        recent = []
-        for sample in reversed(live.window):  # newest first: a browser asks for the last second or so
-            if sample[0] <= since:
-                break
-            recent.append(sample)
-        return points_json(reversed(recent))
+        if live.window is None:
+            last = live.last_point
+            return f"[{last}]" if last and float(last[1:last.index(",")]) > since else "[]"
+        return points_json(live.window.since(since) if since else live.window)
 
     def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         rollups, alerts = self.rollups, self.alerts

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
 
 from fleet.lib.env import env_str
-from fleet.telemetry.live import WINDOW_MAX_POINTS, WINDOW_SECONDS, LiveTelemetry, live_telemetry
+from fleet.telemetry.live import VALUE_FIELDS, WINDOW_MAX_POINTS, WINDOW_SECONDS, LiveTelemetry, live_telemetry
 
 PROCESS_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 PROC_TTL = 30
+GpuValues = tuple[int, str, bool, list[float | None], int | None]  # index, uuid, lost, VALUE_FIELDS, last XID
 COUNTER_KEYS = ("frames", "points", "bytes", "dropped", "rejected", "alerts_dropped", "connections")
 
 
@@ -50,6 +52,15 @@ class LocalStore:
     def latest_all(self) -> dict[int, dict[str, Any]]:
         return {nid: json.loads(live.latest_json()) for nid, live in self.telemetry.nodes.items()
                 if live.latest is not None}
+
+    def gpu_values(self) -> Iterator[tuple[int, float, list[GpuValues]]]:
+        """(node id, frame time, per GPU (index, uuid, lost, VALUE_FIELDS values, last XID)) of every node with
+        a frame: what /metrics writes, read from the compact values (no JSON parsed)."""
+        for nid, live in list(self.telemetry.nodes.items()):
+            if live.latest is not None:
+                xids = live.last_xid
+                yield nid, live.ts, [(index, uuid, lost, values, xids.get(uuid))
+                                     for index, uuid, lost, values in live.gpu_values()]
 
     def latest_of(self, node_ids: list[int]) -> dict[int, dict[str, Any]]:
         """The latest frames of these nodes only (sync: the node list reads one page's worth)."""
@@ -103,6 +114,7 @@ class RedisStore:
     # ---- writer (the flusher of the process that holds the agent connections) ----------------------
 
     async def push(self, source: LiveTelemetry) -> None:
+        source.shared = True
         dirty, source.dirty = source.dirty, set()
         pipe = self.aio.pipeline(transaction=False)
         latest, heat = {}, {}
@@ -114,10 +126,10 @@ class RedisStore:
             heat[nid] = json.dumps(live.heat(), separators=(",", ":"))
             if live.unflushed:
                 key = self.key("win", nid)
-                pipe.rpush(key, *[json.dumps(p, separators=(",", ":")) for p in live.unflushed])
+                pipe.rpush(key, *live.unflushed)
                 pipe.ltrim(key, -WINDOW_MAX_POINTS, -1)
                 pipe.expire(key, WINDOW_SECONDS)
-                live.unflushed = []
+                live.unflushed.clear()
         if latest:
             pipe.hset(self.key("latest"), mapping=latest)
             pipe.hset(self.key("heat"), mapping=heat)
@@ -162,6 +174,12 @@ class RedisStore:
     def latest_all(self) -> dict[int, dict[str, Any]]:
         return {int(k): json.loads(v) for k, v in self.sync.hgetall(self.key("latest")).items()}
 
+    def gpu_values(self) -> Iterator[tuple[int, float, list[GpuValues]]]:
+        for nid, frame in self.latest_all().items():
+            yield nid, frame.get("ts"), [(gpu["index"], gpu["uuid"], gpu.get("lost", False),
+                                          [gpu.get(name) for name in VALUE_FIELDS], gpu.get("last_xid"))
+                                         for gpu in frame.get("gpus", [])]
+
     def latest_of(self, node_ids: list[int]) -> dict[int, dict[str, Any]]:
         if not node_ids:
             return {}
@@ -200,6 +218,7 @@ def get_store() -> LocalStore | RedisStore:
         backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
         if url and "Redis" in backend:
             _store = RedisStore(url, settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "fleet"))
+            live_telemetry.shared = True
         else:
             _store = LocalStore()
     return _store

@@ -112,3 +112,36 @@ def test_allow_list_setting_is_validated():
         env_cidrs("X", {"X": "10.0.0.1/8"})
     with pytest.raises(ConfigError, match="not an address"):
         env_cidrs("X", {"X": "intranet"})
+
+
+def test_dcgm_text_is_what_prometheus_client_writes(make_node, alice, client):
+    """The DCGM families are written directly (speed at thousands of nodes): same bytes as generate_latest,
+    label values escaped, lost GPUs and unknown values left out."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    from fleet.telemetry.exporter import DCGM_FIELDS, FB_FREE, LABELS, dcgm_text, node_rows
+
+    node, _ = make_node("odd", hostname='rack "7" \\ a', status=NodeStatus.ONLINE)
+    Gpu.objects.create(node=node, index=0, uuid="GPU-00000000", name="H100\nSXM")
+    frame = metrics_frame(time.time(), [gpu(0, power_w=312.456, xids=[48], fan_percent=None),
+                                        {"index": 1, "uuid": "GPU-lost", "lost": True}])
+    live_telemetry.ingest(node.pk, Metrics.model_validate(frame))
+    expected = CollectorRegistry(auto_describe=False)
+    labels = ["0", "GPU-00000000", "H100\nSXM", 'rack "7" \\ a', "odd"]
+    families = [GaugeMetricFamily(name, text, labels=LABELS) for name, text, _, _ in DCGM_FIELDS]
+    sample = {**gpu(0, power_w=312.456), "last_xid": 48}
+    for family, (_, _, field, scale) in zip(families, DCGM_FIELDS, strict=True):
+        if sample.get(field) is not None:
+            family.add_metric(labels, sample[field] * scale)
+    free = GaugeMetricFamily(*FB_FREE, labels=LABELS)
+    free.add_metric(labels, (sample["memory_total_bytes"] - sample["memory_used_bytes"]) / MIB)
+
+    class Fixed:
+        def collect(self):
+            return [*families, free]
+
+    expected.register(Fixed())
+    assert dcgm_text(set(), node_rows()) == generate_latest(expected).decode()
+    only = dcgm_text({"DCGM_FI_DEV_GPU_TEMP"}, node_rows())
+    assert only.startswith("# HELP DCGM_FI_DEV_GPU_TEMP ") and only.count("\n") == 3

@@ -56,7 +56,7 @@ def test_window_keeps_fifteen_minutes():
     telemetry = LiveTelemetry()
     for i in range(0, 1200, 10):
         telemetry.ingest(1, frame(T0 + i, gpu(0)), now=T0 + i)
-    points = telemetry.nodes[1].window
+    points = list(telemetry.nodes[1].window)
     assert points[-1][0] - points[0][0] <= WINDOW_SECONDS
     assert points[0][0] >= T0 + 1190 - WINDOW_SECONDS
 

@@ -18,6 +18,7 @@ def test_points_since_returns_every_newer_point(services) -> None:
 
     store = RedisStore(services["redis"], f"test-{uuid.uuid4().hex[:8]}")
     telemetry = LiveTelemetry()
+    telemetry.shared = True  # as get_store() marks a process that feeds Redis: unflushed points are kept
     start = float(int(time.time()) - 200)  # whole seconds: points keep their time to the millisecond
     for i in range(150):
         frame = Metrics.model_validate(metrics_frame(start + i, [gpu(0, utilization_gpu=float(i % 100))]))
