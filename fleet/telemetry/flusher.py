@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from fleet.agents import arrivals
 from fleet.telemetry import records
 from fleet.telemetry.limits import Shedder
 from fleet.telemetry.live import live_telemetry
@@ -38,6 +38,23 @@ def metrics_interval() -> float:
     return get_shedder().interval(settings.FLEET_METRICS_INTERVAL)
 
 
+class Arrivals(Protocol):
+    """Hellos with unchanged facts waiting for their bulk write (fleet.agents.arrivals registers itself:
+    the agents app sits above telemetry in the layers)."""
+
+    def pending(self) -> bool: ...
+    def take(self) -> dict[int, list]: ...
+    def write(self, arrived: dict[int, list]) -> None: ...
+
+
+_arrivals: Arrivals | None = None
+
+
+def register_arrivals(source: Arrivals) -> None:
+    global _arrivals
+    _arrivals = source
+
+
 def ensure_flusher() -> None:
     """One flusher per event loop, started by the first agent connection."""
     live_telemetry.temp_threshold = settings.FLEET_GPU_TEMP_ALERT_C
@@ -51,9 +68,10 @@ def write_db(rollups: list[dict], alerts: list[dict], seen: list[int] | None = N
              arrived: dict[int, list] | None = None) -> None:
     """One thread hop's worth of writes; each part fails on its own (logged), the others still land. Each
     runs a fixed number of statements whatever the number of nodes (rollups: one INSERT per thousand rows)."""
-    for what, write, items in (("arrivals", arrivals.write, arrived), ("last_seen", records.mark_seen, seen),
+    write_arrivals = _arrivals.write if _arrivals is not None else None
+    for what, write, items in (("arrivals", write_arrivals, arrived), ("last_seen", records.mark_seen, seen),
                                ("rollups", records.write_rollups, rollups), ("alerts", records.record_alerts, alerts)):
-        if not items:
+        if not items or write is None:
             continue
         try:
             write(items)
@@ -86,7 +104,8 @@ async def _flush_forever() -> None:
             db_due = (live_telemetry.rollups or live_telemetry.alerts) and now - last_db >= DB_INTERVAL
             # hellos with unchanged facts (a reconnect storm) are written every tick: their nodes wait for it
             # to be online, and for their unfinished commands
-            if (seen_due or db_due or arrivals.pending()) and (writer is None or writer.done()):
+            arrived_due = _arrivals is not None and _arrivals.pending()
+            if (seen_due or db_due or arrived_due) and (writer is None or writer.done()):
                 seen: list[int] = []
                 rollups: list[dict] = []
                 alerts: list[dict] = []
@@ -95,6 +114,7 @@ async def _flush_forever() -> None:
                     rollups, alerts = live_telemetry.take()
                 if seen_due:
                     last_seen, seen, live_telemetry.seen = now, list(live_telemetry.seen), set()
-                writer = asyncio.create_task(database_sync_to_async(write_db)(rollups, alerts, seen, arrivals.take()))
+                arrived = _arrivals.take() if _arrivals is not None else None
+                writer = asyncio.create_task(database_sync_to_async(write_db)(rollups, alerts, seen, arrived))
         except Exception:
             log.exception("telemetry flush failed; retrying")
