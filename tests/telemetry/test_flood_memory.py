@@ -37,13 +37,15 @@ def frame_of(name: str, util: float) -> dict:
 
 
 async def flood(secret: str, stop: asyncio.Event) -> dict[str, int]:
-    """Metrics frames at 10× ALLOWED; reconnects (as the agent does) when the server closes it for flooding."""
+    """Metrics frames at 10× ALLOWED; reconnects (as the agent does) when the server closes it for flooding.
+    Stops when told, or on its own a little after FLOOD_SECONDS (a starved event loop must not keep it going)."""
     text = json.dumps(frame_of("noisy", 99.0))
     sent = connects = 0
     comm = await connect_and_hello(secret, node_hello("noisy"))
     step = 1 / (10 * ALLOWED)
     next_at = time.monotonic()
-    while not stop.is_set():
+    deadline = next_at + FLOOD_SECONDS + 5
+    while not stop.is_set() and time.monotonic() < deadline:
         await comm.send_to(text_data=text)
         sent += 1
         closed = False
@@ -64,7 +66,8 @@ async def steady(secret: str, stop: asyncio.Event) -> list[float]:
     """One 8-GPU frame a second, each with the next utilization value."""
     comm = await connect_and_hello(secret, node_hello("good"))
     fed: list[float] = []
-    while not stop.is_set():
+    deadline = time.monotonic() + FLOOD_SECONDS + 5
+    while not stop.is_set() and time.monotonic() < deadline:
         util = float(len(fed) % 100)
         await comm.send_json_to(frame_of("good", util))
         fed.append(util)
@@ -101,7 +104,7 @@ async def test_a_flooding_agent_keeps_memory_bounded_and_others_updates_flowing(
                     received.append((time.monotonic() - started, [p[1][0][1] for p in entry["points"]]))
             await asyncio.sleep(0.1)
         stop.set()
-        flooded, fed = await flooder, await well_behaved
+        flooded, fed = await asyncio.wait_for(asyncio.gather(flooder, well_behaved), 60)
         peak = max(peak, tracemalloc.get_traced_memory()[0] - baseline)
     finally:
         tracemalloc.stop()
