@@ -42,7 +42,7 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
 
 bench-telemetry: $(TEST_STAMP)
-	$(BIN)/python bench/telemetry.py --search
+	$(BIN)/python bench/telemetry.py
 
 bench-chat: $(TEST_STAMP)
 	$(BIN)/python bench/chat.py
