@@ -80,7 +80,10 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
             await asyncio.sleep(0.2)
         extra["welcomed_after_s"] = time.time() - start_at
         settle = args.settle if args.settle is not None else max(5.0, n / 1000)
-        timing[0] = time.time() + settle
+        await asyncio.sleep(settle)
+        if not bare:  # frames queued behind first hellos drain before the window: it measures steady state
+            extra["drained_after_s"] = await asyncio.to_thread(drain, server, n, 120.0) - start_at
+        timing[0] = time.time()
         timing[1] = timing[0] + args.duration
         timing[2] = timing[1] + 0.5
         await asyncio.sleep(max(0.0, timing[0] - time.time()))
@@ -142,6 +145,20 @@ def fresh(read) -> tuple[float, float]:
         if value != first:
             return value, time.time()
     return first, time.time()
+
+
+def drain(server: Fleet, n: int, limit: float) -> float:
+    """Wait (at most ``limit`` s) until the server accepts frames no faster than the agents send them (1 Hz
+    each): a backlog queued during the connect is gone. Returns when."""
+    deadline = time.time() + limit
+    last, at = fresh(server.frames)
+    while time.time() < deadline:
+        time.sleep(2.0)
+        count, now = fresh(server.frames)
+        rate, last, at = (count - last) / (now - at), count, now
+        if rate <= 1.05 * n:
+            break
+    return time.time()
 
 
 def holds(result: dict) -> bool:
