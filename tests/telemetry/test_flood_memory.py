@@ -49,8 +49,9 @@ async def flood(secret: str, stop: asyncio.Event) -> dict[str, int]:
         await comm.send_to(text_data=text)
         sent += 1
         closed = False
-        while not comm.output_queue.empty():  # errors and pings the agent would read
-            closed = closed or (await comm.receive_output())["type"] == "websocket.close"
+        while not comm.output_queue.empty():  # errors and pings the agent would read (all of them: an
+            message = await comm.receive_output()  # `or` that skipped the read once closed spun forever)
+            closed = closed or message["type"] == "websocket.close"
         if closed:  # the server closed it for flooding: the agent reconnects
             await comm.disconnect()
             connects += 1
