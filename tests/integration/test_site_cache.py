@@ -130,9 +130,11 @@ def test_site_cache_pulls_once_per_site_and_nodes_fall_back(stack, tmp_path) -> 
             cache.kill()
             commands = deploying.result()
         wait_staged(stack, commands, nodes)
-        for node in nodes:  # mid-download, or (deployed after the kill) at the start
+        for node in nodes:  # mid-download, or (deployed after the kill) at the start, or (deployed after the
+            # server saw the cache offline and withdrew it: a slow run) straight from the server
             assert snapshot(node.home, sha2) == v2
-            assert "pulling the rest from the server" in node.log() or "unreachable" in node.log()
+            log = node.log()
+            assert "pulling the rest from the server" in log or "unreachable" in log or "site cache: none" in log
         assert "pulling the rest from the server" in agents["n1"].log()  # its deploy came first
         wan_fallback = sent_bytes(tmp_path) - before
         assert sum(map(len, v2.values())) < wan_fallback <= 5 * sum(map(len, v2.values()))
