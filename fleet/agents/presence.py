@@ -169,7 +169,7 @@ def _upsert_gpus(node: Node, hello: Hello, now: datetime) -> None:
 
 def _tell_sites(names, but: int | None = None) -> None:
     """The nodes of these sites: their cache came, changed or went (each connection sends a ``site`` frame)."""
-    sites.tell([other for site in set(names) for other in sites.neighbours(site) if other != but])
+    sites.tell([other for other in sites.neighbours_of(names) if other != but])
 
 
 def record_seen(node_id: int, now: datetime | None = None) -> None:

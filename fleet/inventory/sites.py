@@ -130,11 +130,6 @@ def tell(node_ids: list[int]) -> None:
         transaction.on_commit(send)
 
 
-def neighbours(site: str) -> list[int]:
-    """Ids of the nodes labelled with ``site``."""
-    return list(Node.objects.filter(**{f"labels__{SITE_LABEL}": site}).values_list("pk", flat=True))
-
-
 def record_report(node_id: int, report: CacheReport, now: datetime | None = None) -> bool:
     """Store a cache's counters; False when the node is no site's cache (nothing stored)."""
     fields = report.model_dump(exclude={"type", "v"})
