@@ -66,6 +66,7 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
     for proc in procs:
         proc.start()
     latencies: list[float] = []
+    in_server: list[float] = []
     pid = server.process.pid
     extra: dict = {}
 
@@ -73,7 +74,8 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
         browser_task = None
         if not bare:
             probes = server.node_ids[: min(PROBES, n)]
-            browser_task = asyncio.create_task(browser(base, server.cookie, probes, timing, latencies, dashboards))
+            browser_task = asyncio.create_task(browser(base, server.cookie, probes, timing, latencies, dashboards,
+                                                       in_server))
         await asyncio.sleep(max(0.0, start_at + ramp - time.time()))
         deadline = time.time() + 60 + n / 20
         while not bare and welcomes.value < n and time.time() < deadline:
@@ -124,6 +126,7 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
                 proc.kill()
         server.stop()
     latencies.sort()
+    in_server.sort()
     pct = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (lambda q: None)
     sent = stats["sent"] / seconds
     return {"n": n, "server": "bare" if bare else f"fleet/{processes}", "frames_per_s": accepted_rate,
@@ -131,6 +134,7 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
             "cpu_percent": 100 * cpu / seconds, "connected": stats["connected"], "control_frames": stats["control"],
             "failures": {k: v for k, v in stats.items() if k.startswith(("connect_failed", "dropped"))},
             "p50": pct(0.5), "p99": pct(0.99), "samples": len(latencies), "dashboards": dashboards,
+            "p99_in_server": in_server[int(0.99 * len(in_server))] if in_server else None,
             "rss_idle": rss_idle, **extra}
 
 
@@ -169,7 +173,8 @@ def holds(result: dict) -> bool:
 
 
 def show(result: dict) -> None:
-    lat = (f"p50 {result['p50'] * 1000:5.0f} ms p99 {result['p99'] * 1000:6.0f} ms ({result['samples']})"
+    lat = (f"p50 {result['p50'] * 1000:5.0f} ms p99 {result['p99'] * 1000:6.0f} ms ({result['samples']}; "
+           f"p99 in the server {result['p99_in_server'] * 1000:.0f} ms)"
            if result["p50"] is not None else "latency n/a")
     mib = 1024 * 1024
     memory = (f"  RSS {result['rss_idle'] / mib:.0f}→{result['rss_end'] / mib:.0f}→{result['rss_after'] / mib:.0f} MiB"
@@ -331,7 +336,7 @@ def main() -> int:
     fleet = Fleet(tmp, top, production=not args.embedded, heartbeat=args.heartbeat)
     bare = Bare(tmp)
     bare.secrets = fleet.secrets
-    profile_path = tmp / "profile.txt"
+    profile_path = Path(tempfile.gettempdir()) / "fleet-bench-profile.txt"  # kept: py-spy raw stacks
     kinds = [("bare", bare, 1), ("fleet_1proc", fleet, 1)] + ([] if args.embedded else [("fleet_2proc", fleet, 2)])
     kinds = [kind for kind in kinds if kind[0] in chosen]
     report: dict = {}
@@ -340,14 +345,17 @@ def main() -> int:
         for name, server, processes in kinds:
             print(f"{name}:", flush=True)
 
-            def run(n: int, server=server, processes=processes) -> dict:
-                result = phase(server, n, args, processes)
+            def run(n: int, server=server, processes=processes, profile_to=None) -> dict:
+                result = phase(server, n, args, processes, profile_to=profile_to)
                 show(result)
                 return result
 
-            if args.nodes:
-                result = run(args.nodes)
+            if args.nodes:  # one N: --profile profiles each Fleet phase at it
+                profiled = args.profile and server is not bare
+                result = run(args.nodes, profile_to=profile_path if profiled else None)
                 held[name] = (args.nodes if holds(result) else 0, result)
+                if profiled:
+                    summarize_profile(profile_path)
             else:
                 start = args.start * 4 if server is bare else args.start
                 held[name] = search(run, start, args.max_nodes)
@@ -374,7 +382,7 @@ def main() -> int:
                     "dashboards": args.dashboards, "held": holds(crowded),
                     "p99_ms": round(crowded["p99"] * 1000) if crowded["p99"] is not None else None,
                     "frames_per_s": round(crowded["frames_per_s"]), "frames_per_s_without": round(best["frames_per_s"])}
-            if args.profile:
+            if args.profile and not args.nodes:
                 print(f"profiling {last} at N={best_n}:", flush=True)
                 show(phase(fleet, best_n, args, processes, profile_to=profile_path))
                 summarize_profile(profile_path)

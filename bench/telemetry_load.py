@@ -117,9 +117,10 @@ def generator(url: str, secrets: list[tuple[int, str]], start_at: float, ramp: f
 
 
 async def browser(base: str, cookie: str, node_ids: list[int], timing, latencies: list[float],
-                  dashboards: int = 0) -> None:
-    """Node pages timing updates inside the window ``timing`` [start, end, stop], and open dashboards."""
-    await asyncio.gather(*(node_page(base, cookie, n, timing, latencies) for n in node_ids),
+                  dashboards: int = 0, in_server: list[float] | None = None) -> None:
+    """Node pages timing updates inside the window ``timing`` [start, end, stop], and open dashboards.
+    ``in_server`` gets the part of each latency spent between the frame's arrival and the message leaving."""
+    await asyncio.gather(*(node_page(base, cookie, n, timing, latencies, in_server) for n in node_ids),
                          *(dashboard(base, cookie, timing) for _ in range(dashboards)))
 
 
@@ -136,7 +137,8 @@ async def dashboard(base: str, cookie: str, timing) -> None:
                 json.loads(await asyncio.wait_for(ws.recv(), max(0.1, timing[2] - time.time())))
 
 
-async def node_page(base: str, cookie: str, node_id: int, timing, latencies: list[float]) -> None:
+async def node_page(base: str, cookie: str, node_id: int, timing, latencies: list[float],
+                    in_server: list[float] | None = None) -> None:
     import websockets
 
     url = base.replace("http://", "ws://") + "/ws/live/"
@@ -153,3 +155,5 @@ async def node_page(base: str, cookie: str, node_id: int, timing, latencies: lis
                 continue
             for entry in message.get("nodes", {}).values():
                 latencies.append(now - entry["latest"]["agent_ts"])
+                if in_server is not None:  # "ts": when the server took the frame; "sent": when it wrote this
+                    in_server.append(message["sent"] - entry["latest"]["ts"])

@@ -9,6 +9,7 @@ import logging
 import time
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -97,13 +98,50 @@ class AgentConsumer(AsyncWebsocketConsumer):
     counted = False  # this instance holds one of the process's FLEET_MAX_AGENT_CONNECTIONS slots
 
     async def __call__(self, scope, receive, send) -> None:
-        # The slot and the group membership are released however the instance ends: a raised
-        # exception kills it without `disconnect()` ever running (Channels closes the socket with
-        # 1011), and a leaked slot would, at the cap, lock every agent out.
+        """Channels' loop without its per-message cost (DESIGN §6, the agent socket is the hot path):
+        `await_many_dispatch` makes a task and an `asyncio.wait` for every frame. Here the socket is read
+        in a plain loop, and the channel layer by a task of its own that starts after the handshake; a
+        lock keeps the two taking turns, so handlers never interleave, as under Channels' loop.
+
+        The slot and the group membership are released however the instance ends: a raised exception
+        kills it without `disconnect()` ever running (Daphne closes the socket with 1011), and a leaked
+        slot would, at the cap, lock every agent out."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.base_send = send
+        self.turn = asyncio.Lock()
+        reader: asyncio.Task | None = None
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                message = await receive()
+                async with self.turn:
+                    await self.dispatch(message)
+                if reader is None and self.counted:
+                    reader = asyncio.create_task(self._read_layer())
+        except StopConsumer:
+            pass
         finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
             await self._release()
+
+    async def _read_layer(self) -> None:
+        """Messages from the channel layer (replace, command, site, chat, revoked) for as long as the socket
+        is open. A broken layer closes the socket (1011), as the consumer's death under Channels did."""
+        try:
+            while True:
+                message = await self.channel_layer.receive(self.channel_name)
+                async with self.turn:
+                    await self.dispatch(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("agent %s: the channel layer failed; closing the connection", self.node_name)
+            with contextlib.suppress(Exception):
+                await self.close(code=1011)
 
     async def connect(self) -> None:
         global _open

@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 
 TOPIC = re.compile(r"^telemetry:(fleet|node:(\d{1,12}))$")
 TICK = 0.1  # how often the store is checked
-# At most one message a second per socket: a token bucket (1/s) with a little slack so an agent's
-# 1 Hz frames arriving 0.95 s then 1.05 s apart do not each wait a whole extra second; never two
-# messages within MIN_GAP.
+# At most one message a second per socket, on average: a token bucket (1/s), never two messages within
+# MIN_GAP. The bucket holds a few seconds' worth: an agent's 1 Hz frames arrive at 1 Hz, so tokens are
+# spent as fast as they come, and a send held back once (a stall of the event loop, a late flush) would,
+# with a bucket of one token and a half, keep every later update of that socket just as late: the
+# tokens saved while it was held are what lets the next ones go out on time again.
 RATE = 1.0
-BUCKET = 1.5
+BUCKET = 3.0
 MIN_GAP = 0.5
 MAX_NODES = 16
 
@@ -147,8 +149,8 @@ async def collect(streams: list[TelemetryStream]) -> dict[TelemetryStream, str]:
     """One tick's reads for these streams and each one's message (those with nothing new are left out).
 
     The store's change counter first: a stream that has looked since it last moved reads nothing.
-    Then one ``latest`` read for every node any of them follows, one ``points`` read per node that
-    moved (from the oldest point any of them still needs), one heatmap read."""
+    Then one ``latest`` read for every node any of them follows, one read for the points of every node
+    that moved (each from the oldest point any of them still needs), one heatmap read."""
     store = get_store()
     seq = await store.seq()  # before the data: what is read next is at least this new
     due = [stream for stream in streams if stream.seq_seen != seq]
@@ -163,10 +165,8 @@ async def collect(streams: list[TelemetryStream]) -> dict[TelemetryStream, str]:
             current = latest.get(node_id)
             if current is not None and current != state["latest"]:
                 oldest[node_id] = min(oldest.get(node_id, math.inf), state["since"])
-    points = {}
-    for node_id, since in oldest.items():
-        raw = await store.points(node_id, since)
-        points[node_id] = (since, raw, json.loads(raw))
+    points = {node_id: (oldest[node_id], raw, json.loads(raw))
+              for node_id, raw in (await store.points_many(oldest) if oldest else {}).items()}
     heat = await store.heat() if any(stream.fleet for stream in due) else None
     messages = {}
     for stream in due:

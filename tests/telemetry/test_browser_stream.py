@@ -78,6 +78,20 @@ def test_pacer_slack_lets_one_hertz_frames_through_without_waiting_a_second():
     assert all(at - change <= 2 * TICK + 1e-9 for at, change in sent), sent
 
 
+def test_pacer_catches_up_after_a_send_was_held_back():
+    """1 Hz frames, and one event-loop stall of 1.5 s: the frames caught in it go out together when it
+    ends, and from the next one on each goes out a tick or two after it arrived again (a bucket of one
+    token and a half kept every later frame about a second late: the pacer ran in step with the frames,
+    a second behind)."""
+    changes = [round(0.05 + step, 3) for step in range(30)]
+    stalled = [change if not 10 <= change < 11.6 else 11.6 for change in changes]  # seen only at 11.6
+    sent = drive(Pacer(), stalled, 32.0)
+    late = [(at, change) for at, change in sent if at - change > 2 * TICK + 1e-9]
+    assert [change for _, change in late] == [11.6] or not late, late
+    assert all(at - change <= 2 * TICK + 1e-9 for at, change in sent if change > 11.6), sent
+    assert len(sent) == 29  # the two caught in the stall went out as one
+
+
 def test_pacer_quiet_time_refills_but_only_up_to_the_bucket():
     pacer = Pacer()
     assert pacer.ready(0.0)
@@ -87,9 +101,14 @@ def test_pacer_quiet_time_refills_but_only_up_to_the_bucket():
     assert pacer.ready(100.0)  # a long quiet spell ...
     pacer.spent(100.0)
     assert not pacer.ready(100.1)  # ... never two messages within MIN_GAP
-    assert pacer.ready(100.5)  # the half token of slack
-    pacer.spent(100.5)
-    assert not pacer.ready(101.0)  # and no more than BUCKET saved
+    sent = [100.0]
+    for step in range(1, 41):  # then asked every half second for 20 s
+        if pacer.ready(100.0 + step / 2):
+            pacer.spent(100.0 + step / 2)
+            sent.append(100.0 + step / 2)
+    assert sent[:3] == [100.0, 100.5, 101.0]  # the tokens saved go out MIN_GAP apart ...
+    assert len(sent) <= BUCKET + 20 * RATE  # ... no more than BUCKET of them
+    assert all(b - a == 1.0 for a, b in zip(sent[-10:], sent[-9:], strict=False))  # then once a second
 
 
 async def test_node_topic_streams_coalesced_updates(make_node, charlie):
