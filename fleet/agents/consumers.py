@@ -88,6 +88,23 @@ def _ensure_command_poll() -> None:
         _command_polls[loop] = loop.create_task(_poll_commands())
 
 
+_layer_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def layer_slots() -> asyncio.Semaphore:
+    """How many agent connections of this process may be joining or leaving their group at once. In a
+    reconnect storm every connection does it at the same moment; on Redis each call in flight holds a pooled
+    connection, and past FLEET_REDIS_MAX_CONNECTIONS the pool raises instead of waiting, for browser sockets
+    too. A quarter of the pool is the agents' share; the rest of a storm waits its turn here."""
+    loop = asyncio.get_running_loop()
+    slots = _layer_slots.get(loop)
+    if slots is None:
+        hosts = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts") or [{}]
+        pool = hosts[0].get("max_connections", 1000) if isinstance(hosts[0], dict) else 1000
+        slots = _layer_slots[loop] = asyncio.Semaphore(max(8, pool // 4))
+    return slots
+
+
 def open_connections() -> int:
     """Agent connections this process holds now."""
     return _open
@@ -178,8 +195,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.chats = AgentChats(self.channel_layer, self.channel_name, self.node_name, self._send_text)
         await self.accept()
         # Tell an older connection of this node (in any server process) to go, then join the group.
-        await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        async with layer_slots():
+            await self.channel_layer.group_send(self.group, {"type": "agent.replace", "channel": self.channel_name})
+            await self.channel_layer.group_add(self.group, self.channel_name)
         _local[self.node_id] = self.channel_name
         _ensure_command_poll()
 
@@ -209,7 +227,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await chats.close(f"node {self.node_name} disconnected before the answer was complete; try again")
         if getattr(self, "group", None):
             with contextlib.suppress(Exception):  # a broken channel layer must not keep the slot
-                await self.channel_layer.group_discard(self.group, self.channel_name)
+                async with layer_slots():
+                    await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def dispatch(self, message: dict) -> None:
         # Channels runs aclose_old_connections() (a thread hop) before every message; for agent frames,
