@@ -12,6 +12,7 @@ from typing import Protocol
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from fleet.lib.memory import Trimmer
 from fleet.telemetry import records
 from fleet.telemetry.limits import Shedder
 from fleet.telemetry.live import live_telemetry
@@ -86,6 +87,7 @@ async def _flush_forever() -> None:
     writer: asyncio.Task | None = None
     last_db = 0.0
     last_seen = time.time()  # a hello writes last_seen itself: the first bulk write is one interval later
+    trimmer = Trimmer()  # memory back to the system once most agents left (a restart elsewhere, an outage)
     while True:
         started = loop.time()
         await asyncio.sleep(FLUSH_INTERVAL)
@@ -96,6 +98,7 @@ async def _flush_forever() -> None:
         try:
             now = time.time()
             live_telemetry.finish_stale(now)
+            trimmer.observe(live_telemetry.connections, loop.time())
             if store.shared:
                 await store.push(live_telemetry)
             else:

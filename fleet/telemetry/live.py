@@ -59,7 +59,11 @@ class NodeLive:
     agent_ts: str = ""
     gpus: tuple = ()  # (index, uuid, lost) per GPU of the latest frame
     values: array = field(default_factory=lambda: array("d"))  # VALUE_FIELDS per GPU of the latest frame
-    window: Window | None = None  # None once the node's last connection closed (history: the DB rollups)
+    # None once the node's last connection closed (history: the DB rollups), and always None in a process
+    # that feeds Redis: there the window lives in Redis alone (browsers read it there), and the process keeps
+    # only the newest point's time (``newest``) for catch-up batches and the points not yet pushed.
+    window: Window | None = None
+    newest: float = 0.0
     last_point: str | None = None  # the released window's newest point (JSON): where an offline node's line ends
     unflushed: deque = field(default_factory=deque)  # point JSON not yet copied to Redis
     connections: int = 0  # agent connections of this node open in this process
@@ -197,7 +201,7 @@ class LiveTelemetry:
         now = time.time() if now is None else now
         live = self.node(node_id)
         skew = now - batch.sent
-        newest = (live.window.newest() if live.window else None) or 0.0
+        newest = max(live.newest, (live.window.newest() if live.window else None) or 0.0)
         for point in sorted(batch.points, key=lambda p: p.ts):
             ts = point.ts + skew
             if ts <= newest or ts < now - WINDOW_SECONDS or ts > now:
@@ -214,19 +218,21 @@ class LiveTelemetry:
 
     def _fold(self, live: NodeLive, ts: float, gpus: list[GpuSample]) -> None:
         ts = round(ts, 3)  # the precision points carry: readers filter on the value they saw
-        if live.window is None:
-            live.window = Window()
-            if live.last_point is not None:  # reconnected: the line resumes after a visible gap
-                last_ts, rows = json.loads(live.last_point)
-                if ts - WINDOW_SECONDS <= last_ts < ts:
-                    live.window.append(last_ts, rows)
-                live.last_point = None
-        live.window.append(ts, [_row(g) for g in gpus])
-        if self.shared:
+        live.newest = max(live.newest, ts)
+        if self.shared:  # the window is Redis's (RedisStore.push): ~50 KB per 8-GPU node not kept twice
             if len(live.unflushed) >= UNFLUSHED_MAX:
                 live.unflushed.popleft()
                 self.counters["unflushed_dropped"] += 1
             live.unflushed.append(point_json(ts, gpus))
+        else:
+            if live.window is None:
+                live.window = Window()
+                if live.last_point is not None:  # reconnected: the line resumes after a visible gap
+                    last_ts, rows = json.loads(live.last_point)
+                    if ts - WINDOW_SECONDS <= last_ts < ts:
+                        live.window.append(last_ts, rows)
+                    live.last_point = None
+            live.window.append(ts, [_row(g) for g in gpus])
         minute = minute_of(ts)
         for gpu in gpus:
             self._alerts_for(live, ts, gpu)

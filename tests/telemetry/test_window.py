@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from fleet.agent.protocol import Metrics
+from fleet.agent.protocol import Metrics, MetricsBatch
 from fleet.telemetry.live import MIB, LiveTelemetry
 from fleet.telemetry.window import BUCKET_SECONDS, OLD_POINTS, RECENT_POINTS, WINDOW_SECONDS, Window, points_json
 from tests.telemetry.conftest import gpu, metrics_frame
@@ -189,3 +189,21 @@ def test_unflushed_points_are_kept_only_for_redis_and_bounded():
     assert len(unflushed) == UNFLUSHED_MAX and shared.counters["unflushed_dropped"] == 50
     assert json.loads(unflushed[-1]) == [T0 + UNFLUSHED_MAX + 49, [[0, float((UNFLUSHED_MAX + 49) % 100), 1024, 60.0,
                                                                     300.0, 1980]]]
+
+
+def test_a_process_feeding_redis_keeps_no_window_of_its_own():
+    """In production the window is Redis's (browsers read it there): the process keeps the points not yet
+    pushed and the newest point's time, which a catch-up batch is still checked against."""
+    shared = LiveTelemetry()
+    shared.shared = True
+    shared.attach(1)
+    for i in range(300):
+        shared.ingest(1, frame(T0 + i, gpu(0)), now=T0 + i)
+    live = shared.nodes[1]
+    assert live.window is None and live.newest == T0 + 299 and len(live.unflushed) == 300
+    live.unflushed.clear()  # pushed
+    batch = MetricsBatch.model_validate({"type": "metrics.batch", "seq": 1, "sent": T0 + 300,
+                                         "points": [{"ts": T0 + 298, "gpus": [gpu(0)]},
+                                                    {"ts": T0 + 300, "gpus": [gpu(0)]}]})
+    shared.ingest_batch(1, batch, now=T0 + 300)
+    assert [json.loads(point)[0] for point in live.unflushed] == [T0 + 300]  # the point already held is skipped
