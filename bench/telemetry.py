@@ -91,6 +91,7 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
         await asyncio.sleep(max(0.0, timing[0] - time.time()))
         c0, t0 = await asyncio.to_thread(fresh, server.frames)
         cpu0 = tree_cpu(pid)
+        extra["rss_start"] = tree_rss(pid)
         spy = None
         py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if profile_to is not None and py_spy:
@@ -313,6 +314,8 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=float, default=None,
                         help="FLEET_HEARTBEAT_INTERVAL for the server (default: Fleet's default, 5 s)")
     parser.add_argument("--profile", action="store_true", help="py-spy the Fleet server at its largest N")
+    parser.add_argument("--overload", type=int, choices=(0, 1), default=1,
+                        help="measure memory at twice the largest N held (1, the default) or not (0)")
     args = parser.parse_args()
     for name in ("start", "max_nodes", "procs"):
         if getattr(args, name) < 1:
@@ -327,7 +330,7 @@ def main() -> int:
                      "use bare, fleet_1proc, fleet_2proc")
 
     hello, prefix, suffix = frames(args.gpus)
-    top = max(args.nodes or args.max_nodes, args.storm_nodes)
+    top = max(args.nodes * (1 + args.overload) if args.nodes else args.max_nodes, args.storm_nodes)
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     path = "embedded default (SQLite, in-memory layer)" if args.embedded else "PostgreSQL + Redis"
     print(f"fleet telemetry bench: {os.cpu_count()} CPUs, frame {len(prefix) + len(suffix) + 18} bytes "
@@ -382,6 +385,16 @@ def main() -> int:
                     "dashboards": args.dashboards, "held": holds(crowded),
                     "p99_ms": round(crowded["p99"] * 1000) if crowded["p99"] is not None else None,
                     "frames_per_s": round(crowded["frames_per_s"]), "frames_per_s_without": round(best["frames_per_s"])}
+            if args.overload:  # memory must stay flat: the server sheds (tells longer intervals), not queues
+                double = min(2 * best_n, len(fleet.secrets))
+                print(f"{last} offered twice its capacity, N={double}:", flush=True)
+                over = phase(fleet, double, args, processes)
+                show(over)
+                growth = (over["rss_end"] - over["rss_start"]) / 2**20 * 60 / args.duration
+                report["overload"] = {
+                    "n": double, "rss_window_start_mb": round(over["rss_start"] / 2**20),
+                    "rss_window_end_mb": round(over["rss_end"] / 2**20), "rss_growth_mb_per_min": round(growth, 1),
+                    "accepted": round(over["accepted"], 3), "control_frames": over["control_frames"]}
             if args.profile and not args.nodes:
                 print(f"profiling {last} at N={best_n}:", flush=True)
                 show(phase(fleet, best_n, args, processes, profile_to=profile_path))

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from fleet import events
@@ -27,15 +27,43 @@ EVENT_REPEAT = timedelta(minutes=10)  # the same XID/ECC event within this bumps
 HISTORY_RANGES = {"1h": (3600, 60), "24h": (86400, 300), "7d": (7 * 86400, 1800)}  # span, bucket seconds
 
 
+ROLLUP_COLUMNS = ("node_id", "gpu_index", "gpu_uuid", "minute", "samples", "util_min", "util_avg", "util_max",
+                  "mem_used_min", "mem_used_avg", "mem_used_max", "mem_total", "temp_min", "temp_avg", "temp_max",
+                  "power_min", "power_avg", "power_max", "energy_j")
+
+
 def write_rollups(rows: list[dict[str, Any]]) -> int:
-    """bulk_create the finished minutes; a minute already stored (a catch-up overlap) is kept as is."""
+    """Store the finished minutes; a minute already stored (a catch-up overlap) is kept as is, and the minutes
+    of a node deleted meanwhile are dropped. Returns how many rows were written."""
     if not rows:
         return 0
+    if connection.vendor == "postgresql":
+        return _copy_rollups(rows)
     existing = set(Node.objects.filter(pk__in={row["node_id"] for row in rows}).values_list("pk", flat=True))
     objects = [GpuRollup(**{**row, "minute": datetime.fromtimestamp(row["minute"], UTC)}) for row in rows
                if row["node_id"] in existing]  # a node deleted meanwhile takes its minutes with it
     GpuRollup.objects.bulk_create(objects, ignore_conflicts=True, batch_size=1000)
     return len(objects)
+
+
+def _copy_rollups(rows: list[dict[str, Any]]) -> int:
+    """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT. At 2,000 nodes × 8 GPUs the ORM's
+    bulk_create spent ~0.75 s of CPU a minute building objects and parameters, on a thread that shares
+    the interpreter lock with the event loop (a second of half-speed loop: every dashboard a second late)."""
+    table, nodes = GpuRollup._meta.db_table, Node._meta.db_table
+    columns = ", ".join(ROLLUP_COLUMNS)
+    minute = ROLLUP_COLUMNS.index("minute")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE fleet_rollups_in ON COMMIT DROP AS SELECT {columns} FROM {table} "
+                       "WITH NO DATA")
+        with cursor.copy(f"COPY fleet_rollups_in ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                values = [row.get(name) for name in ROLLUP_COLUMNS]
+                values[minute] = datetime.fromtimestamp(values[minute], UTC)
+                copy.write_row(values)
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {', '.join(f'i.{c}' for c in ROLLUP_COLUMNS)} "
+                       f"FROM fleet_rollups_in i JOIN {nodes} n ON n.id = i.node_id ON CONFLICT DO NOTHING")
+        return cursor.rowcount
 
 
 def record_alerts(items: list[dict[str, Any]], now: datetime | None = None) -> list[Alert]:

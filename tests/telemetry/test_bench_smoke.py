@@ -25,14 +25,16 @@ def _bench(*args: str) -> tuple[str, dict]:
 
 def test_bench_runs_on_the_production_path(services):
     out, report = _bench("--storm-nodes", "3", "--dashboards", "2")
-    for server in ("bare    N=     3", "fleet/1 N=     3", "fleet/2 N=     3", "dashboards 2", "storm: "):
+    for server in ("bare    N=     3", "fleet/1 N=     3", "fleet/2 N=     3", "dashboards 2", "storm: ",
+                   "offered twice its capacity, N=6"):
         assert server in out
     assert KEYS <= set(report)
     assert report["storm_n"] == 3
+    assert report["overload"]["n"] == 6 and "rss_growth_mb_per_min" in report["overload"]
 
 
 def test_bench_runs_on_the_embedded_default():
-    out, report = _bench("--embedded", "--storm-nodes", "0", "--dashboards", "0")
+    out, report = _bench("--embedded", "--storm-nodes", "0", "--dashboards", "0", "--overload", "0")
     assert "fleet/1 N=     3" in out and "fleet/2" not in out
     assert {"bare_max_n", "fleet_max_n_1proc", "ratio_1proc"} <= set(report)
 
