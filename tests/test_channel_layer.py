@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 
 from channels_redis.core import RedisChannelLayer
 
@@ -57,7 +58,7 @@ async def test_agent_group_operations_wait_for_a_slot_instead_of_exhausting_the_
     monkeypatch.setenv("FLEET_CHANNEL_PREFIX", f"layer-test-{uuid.uuid4().hex[:6]}")
     monkeypatch.setenv("FLEET_REDIS_MAX_CONNECTIONS", "40")
     settings.CHANNEL_LAYERS = _channel_layers()
-    monkeypatch.setattr(consumers, "_layer_slots", {})
+    monkeypatch.setattr(consumers, "_layer_slots", weakref.WeakKeyDictionary())
     layer = RedisChannelLayer(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
 
     async def join(i: int, gated: bool) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 import time
+import weakref
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -88,7 +89,7 @@ def _ensure_command_poll() -> None:
         _command_polls[loop] = loop.create_task(_poll_commands())
 
 
-_layer_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+_layer_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def layer_slots() -> asyncio.Semaphore:
