@@ -1,19 +1,20 @@
 #!/usr/bin/env python
 """Telemetry ingest benchmark: how many agents (1 Hz metrics frames with 8 GPUs, asyncio tasks in a few
 generator processes) a server holds on this box, searched in one run for (a) a bare `websockets` server
-that only parses and counts the same frames (the ceiling), (b) Fleet with one Daphne process and (c)
-Fleet with two (FLEET_WEB_PROCESSES=2), both on the production path (PostgreSQL + Redis).
+that only parses and counts the same frames (the ceiling), (b) the same work as a plain ASGI application
+on Daphne (the ceiling of the stack Fleet runs on), (c) Fleet with one Daphne process and (d) Fleet with
+two (FLEET_WEB_PROCESSES=2), both on the production path (PostgreSQL + Redis).
 
 "Held" at N: every agent connected, >= 98% of the frames sent accepted, the agents still sending at 1 Hz
 (not told to slow down), and a browser socket on 16 node pages sees each update with p99 < 1 s, over a
 window of --duration seconds after the ramp and a warm-up. Then, at the largest N Fleet held with two
-processes: server memory per agent, the /metrics scrape time, the same N with 50 dashboards open, and a
-reconnect storm (all N agents online again after the server is restarted; N = --storm-nodes).
-The last line is one JSON object:
+processes: server memory per agent, the /metrics scrape time, the same N with 50 dashboards open, memory
+while offered twice that N (--overload), and a reconnect storm (all N agents online again after the server
+is restarted; N = --storm-nodes). The last line is one JSON object:
 {"bare_max_n", "fleet_max_n_1proc", "fleet_max_n_2proc", "ratio_1proc", "ratio_2proc", "p99_ms",
- "rss_per_agent_kb", "reconnect_storm_s", ...}
+ "rss_per_agent_kb", "reconnect_storm_s", "daphne_max_n", "ratio_2proc_of_daphne", ...}
 
-    make bench-telemetry                                   # the whole search (~30 min on 2 cores)
+    make bench-telemetry                                   # the whole search (~60 min on 2 cores)
     .venv/bin/python bench/telemetry.py --nodes 500        # one N, Fleet with 1 and 2 processes and bare
 """
 
@@ -118,7 +119,7 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
             stats.update(queue.get(timeout=max(30.0, timing[2] - time.time() + 60)))
         for proc in procs:
             proc.join(30)
-        time.sleep(5.0)  # the agents have left: memory should return near idle
+        time.sleep(10.0)  # the agents have left: memory should be back near idle (fleet.lib.memory trims)
         extra["rss_after"] = tree_rss(pid)
     finally:
         for proc in procs:
@@ -130,7 +131,8 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
     in_server.sort()
     pct = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (lambda q: None)
     sent = stats["sent"] / seconds
-    return {"n": n, "server": "bare" if bare else f"fleet/{processes}", "frames_per_s": accepted_rate,
+    kind = ("daphne" if server.daphne else "bare") if bare else f"fleet/{processes}"
+    return {"n": n, "server": kind, "frames_per_s": accepted_rate,
             "sent_per_s": sent, "accepted": accepted_rate / sent if sent else 0.0,
             "cpu_percent": 100 * cpu / seconds, "connected": stats["connected"], "control_frames": stats["control"],
             "failures": {k: v for k, v in stats.items() if k.startswith(("connect_failed", "dropped"))},
@@ -166,9 +168,13 @@ def drain(server: Fleet, n: int, limit: float) -> float:
     return time.time()
 
 
+CEILINGS = ("bare", "daphne")  # servers that only parse and count: no browser latency to measure
+SERVERS = ("bare", "daphne", "fleet_1proc", "fleet_2proc")
+
+
 def holds(result: dict) -> bool:
     n = result["n"]
-    latency_ok = result["server"] == "bare" or (result["p99"] is not None and result["p99"] < 1.0)
+    latency_ok = result["server"] in CEILINGS or (result["p99"] is not None and result["p99"] < 1.0)
     return (result["connected"] == n and result["accepted"] >= 0.98 and result["sent_per_s"] >= 0.95 * n
             and latency_ok)
 
@@ -185,7 +191,8 @@ def show(result: dict) -> None:
           f"  CPU {result['cpu_percent']:4.0f}%  "
           f"connected {result['connected']}/{result['n']}  {lat}{memory}"
           + (f"  /metrics {result['scrape_s']:.2f}s" if "scrape_s" in result else "")
-          + (f"  all welcomed {result['welcomed_after_s']:.0f}s after the start" if result["server"] != "bare" else "")
+          + (f"  all welcomed {result['welcomed_after_s']:.0f}s after the start"
+             if result["server"] not in CEILINGS else "")
           + (f"  dashboards {result['dashboards']}" if result["dashboards"] else "")
           + (f"  control frames {result['control_frames']}" if result["control_frames"] else "")
           + (f"  retried: {result['failures']}" if result["failures"] else "")
@@ -307,8 +314,9 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, choices=(4, 8), default=8)
     parser.add_argument("--storm-nodes", type=int, default=2000, help="agents in the reconnect storm (0: skip)")
     parser.add_argument("--dashboards", type=int, default=50, help="open dashboards for the extra point (0: skip)")
-    parser.add_argument("--servers", default="bare,fleet_1proc,fleet_2proc",
-                        help="which of bare, fleet_1proc, fleet_2proc to measure (default all; ratios need bare)")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="which of bare, daphne, fleet_1proc, fleet_2proc to measure (default all; ratios need "
+                             "bare; daphne: the bare server's work as a plain ASGI app on Daphne)")
     parser.add_argument("--embedded", action="store_true",
                         help="Fleet on its embedded default (SQLite, in-memory layer; 1 process only)")
     parser.add_argument("--heartbeat", type=float, default=None,
@@ -325,8 +333,8 @@ def main() -> int:
     if args.duration < 2:
         parser.error("--duration must be at least 2 seconds")
     chosen = set(args.servers.split(","))
-    if chosen - {"bare", "fleet_1proc", "fleet_2proc"}:
-        parser.error(f"--servers: unknown {sorted(chosen - {'bare', 'fleet_1proc', 'fleet_2proc'})}; "
+    if chosen - set(SERVERS):
+        parser.error(f"--servers: unknown {sorted(chosen - set(SERVERS))}; "
                      "use bare, fleet_1proc, fleet_2proc")
 
     hello, prefix, suffix = frames(args.gpus)
@@ -340,7 +348,8 @@ def main() -> int:
     bare = Bare(tmp)
     bare.secrets = fleet.secrets
     profile_path = Path(tempfile.gettempdir()) / "fleet-bench-profile.txt"  # kept: py-spy raw stacks
-    kinds = [("bare", bare, 1), ("fleet_1proc", fleet, 1)] + ([] if args.embedded else [("fleet_2proc", fleet, 2)])
+    kinds = [("bare", bare, 1), ("daphne", Bare(tmp, daphne=True), 1), ("fleet_1proc", fleet, 1)]
+    kinds += [] if args.embedded else [("fleet_2proc", fleet, 2)]
     kinds = [kind for kind in kinds if kind[0] in chosen]
     report: dict = {}
     held: dict[str, tuple[int, dict | None]] = {}
@@ -360,14 +369,20 @@ def main() -> int:
                 if profiled:
                     summarize_profile(profile_path)
             else:
-                start = args.start * 4 if server is bare else args.start
+                start = args.start * 4 if isinstance(server, Bare) else args.start
                 held[name] = search(run, start, args.max_nodes)
                 print(f"  → largest N held: {held[name][0]}", flush=True)
         bare_n = held["bare"][0] if "bare" in held else 0
         report["bare_max_n"] = bare_n if "bare" in held else None
-        for name in [k for k, _, _ in kinds if k != "bare"]:
+        for name in [k for k, _, _ in kinds if k.startswith("fleet_")]:
             report[f"{name.replace('fleet_', 'fleet_max_n_')}"] = held[name][0]
             report[f"ratio_{name.split('_')[1]}"] = round(held[name][0] / bare_n, 3) if bare_n else None
+        if "daphne" in held:  # the same work on the server the stack fixes: what is left for Fleet to win
+            daphne_n = held["daphne"][0]
+            report["daphne_max_n"] = daphne_n
+            for name in [k for k, _, _ in kinds if k.startswith("fleet_")]:
+                ratio = round(held[name][0] / daphne_n, 3) if daphne_n else None
+                report[f"ratio_{name.split('_')[1]}_of_daphne"] = ratio
         last = "fleet_2proc" if "fleet_2proc" in held else "fleet_1proc"
         best_n, best = held.get(last, (0, None))
         processes = 2 if last == "fleet_2proc" else 1

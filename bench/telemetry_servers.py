@@ -185,14 +185,30 @@ class Fleet:
 
 
 class Bare:
-    def __init__(self, tmp: Path):
+    """The ceiling: bare_server.py (``websockets``), or with ``daphne=True`` the same work as a plain ASGI
+    application on Daphne (daphne_bare.py)."""
+
+    def __init__(self, tmp: Path, daphne: bool = False):
         self.tmp = tmp
+        self.daphne = daphne
         self.process: subprocess.Popen | None = None
 
     def start(self, processes: int = 1, port: int | None = None) -> str:
         self.port = port or free_port()
-        self.count_file = self.tmp / "bare.count"
+        self.count_file = self.tmp / ("daphne.count" if self.daphne else "bare.count")
         self.count_file.unlink(missing_ok=True)
+        if self.daphne:
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                       "daphne_bare:application"]
+            env = {**os.environ, "FLEET_BENCH_COUNT_FILE": str(self.count_file)}
+            self.process = subprocess.Popen(command, cwd=ROOT / "bench", env=env, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2).close()
+                    return f"http://127.0.0.1:{self.port}"
+                time.sleep(0.1)
+            raise RuntimeError("daphne did not start")
         self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_server.py"), str(self.port),
                                          str(self.count_file)], cwd=ROOT)
         for _ in range(100):

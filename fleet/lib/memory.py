@@ -15,7 +15,7 @@ import logging
 log = logging.getLogger(__name__)
 
 MIN_PEAK = 100  # connections: below this, what a trim gives back is not worth a full collection
-MIN_INTERVAL = 30.0  # seconds between trims
+MIN_INTERVAL = 5.0  # seconds between trims: a mass disconnect over a few seconds gets one as it ends
 
 
 @functools.cache

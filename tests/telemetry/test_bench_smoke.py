@@ -25,11 +25,12 @@ def _bench(*args: str) -> tuple[str, dict]:
 
 def test_bench_runs_on_the_production_path(services):
     out, report = _bench("--storm-nodes", "3", "--dashboards", "2")
-    for server in ("bare    N=     3", "fleet/1 N=     3", "fleet/2 N=     3", "dashboards 2", "storm: ",
-                   "offered twice its capacity, N=6"):
+    for server in ("bare    N=     3", "daphne  N=     3", "fleet/1 N=     3", "fleet/2 N=     3", "dashboards 2",
+                   "storm: ", "offered twice its capacity, N=6"):
         assert server in out
     assert KEYS <= set(report)
     assert report["storm_n"] == 3
+    assert report["daphne_max_n"] == 3 and report["ratio_2proc_of_daphne"] == 1.0
     assert report["overload"]["n"] == 6 and "rss_growth_mb_per_min" in report["overload"]
 
 
