@@ -348,7 +348,9 @@ def main() -> int:
     bare = Bare(tmp)
     bare.secrets = fleet.secrets
     profile_path = Path(tempfile.gettempdir()) / "fleet-bench-profile.txt"  # kept: py-spy raw stacks
-    kinds = [("bare", bare, 1), ("daphne", Bare(tmp, daphne=True), 1), ("fleet_1proc", fleet, 1)]
+    on_daphne = Bare(tmp, daphne=True)
+    on_daphne.secrets = fleet.secrets
+    kinds = [("bare", bare, 1), ("daphne", on_daphne, 1), ("fleet_1proc", fleet, 1)]
     kinds += [] if args.embedded else [("fleet_2proc", fleet, 2)]
     kinds = [kind for kind in kinds if kind[0] in chosen]
     report: dict = {}
@@ -422,6 +424,7 @@ def main() -> int:
     finally:
         fleet.stop()
         bare.stop()
+        on_daphne.stop()
         fleet.drop()
         log = tmp / "daphne.log"
         if log.exists() and "Traceback" in log.read_text():

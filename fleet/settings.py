@@ -153,8 +153,7 @@ try:
     # Site caches (fleet-agent --site-cache): how long the token a node presents to its site's cache lasts;
     # renewed at each welcome, so a node cut off from the server keeps pulling from its cache that long.
     FLEET_SITE_TOKEN_TTL = env_float("FLEET_SITE_TOKEN_TTL", 24 * 3600.0, minimum=60, maximum=30 * 86400)
-    # 0.5 s let a server offered twice what it holds queue frames (memory +33 MB/min, no agent told)
-    FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.25, minimum=0.05, maximum=60)
+    FLEET_TELEMETRY_SHED_LAG = env_float("FLEET_TELEMETRY_SHED_LAG", 0.5, minimum=0.05, maximum=60)
     # Offer agents the compact metrics encoding (protocol v2: half the bytes, same server CPU). Off by
     # default: agents older than the v2 agent refuse a welcome that carries the offer.
     FLEET_COMPACT_METRICS = env_bool("FLEET_COMPACT_METRICS", False)

@@ -52,3 +52,27 @@ def test_progress_events_refresh_updated_at(make_node, versions, monkeypatch) ->
     report(command, "downloading", bytes_done=50, bytes_total=100)
     row = NodeCommand.objects.get(pk=command.pk)
     assert row.bytes_done == 50 and row.updated_at > before
+
+
+def test_the_resend_polls_find_only_the_asked_nodes_with_unfinished_commands(make_node):
+    """nodes_with_pending / nodes_with_unfinished: a server process asks for its connected nodes; the answer
+    is those among them with a command never sent (pending) or not finished, whatever other nodes have."""
+    from django.utils import timezone
+
+    from fleet.hub.commands import nodes_with_pending, nodes_with_unfinished
+    from fleet.hub.models import CommandState, NodeCommand
+
+    a, b, c, elsewhere = (make_node(name)[0] for name in ("a", "b", "c", "elsewhere"))
+
+    def command(node, state, finished=False):
+        NodeCommand.objects.create(command_id=f"{node.name}-{state}-{finished}", node=node, kind="deploy",
+                                   repo="acme/tiny", state=state, finished_at=timezone.now() if finished else None)
+
+    command(a, CommandState.PENDING)
+    command(b, "downloading")
+    command(c, "active", finished=True)
+    command(elsewhere, CommandState.PENDING)
+    asked = [a.pk, b.pk, c.pk]
+    assert nodes_with_pending(asked) == {a.pk}
+    assert nodes_with_unfinished(asked) == {a.pk, b.pk}
+    assert nodes_with_pending([]) == set() and nodes_with_unfinished([c.pk]) == set()
