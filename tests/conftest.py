@@ -46,6 +46,16 @@ def _fast_password_hashing(settings) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _embedded_live_telemetry():
+    # RedisStore.push marks the process's live telemetry as feeding Redis (no window of its own kept): a
+    # test that pushes must not leave the tests after it on the production path's memory layout.
+    yield
+    from fleet.telemetry.live import live_telemetry
+
+    live_telemetry.shared = False
+
+
+@pytest.fixture(autouse=True)
 def _no_embedded_engine(settings) -> None:
     # In-process ASGI tests must not start the engine inside pytest's event loop; the integration
     # tests' Daphne processes run it as in production (fleet/engine.py).
