@@ -108,7 +108,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return error.response()
     if chat.stream:
         stream = _stream(chat, relay, started)
-        weakref.finalize(stream, _release_unstarted, relay)
+        weakref.finalize(stream, _release_unstarted, relay, asyncio.get_running_loop())
         response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass each chunk on at once
@@ -119,15 +119,28 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 _releasing: set[asyncio.Task] = set()
 
 
-def _release_unstarted(relay: Relay) -> None:
+def _release_unstarted(relay: Relay, loop: asyncio.AbstractEventLoop) -> None:
     """A client that leaves between the view's return and the first chunk: the generator never ran, so
-    its ``finally`` never will; release (and cancel) the request when the generator is collected."""
+    its ``finally`` never will; release (and cancel) the request when the generator is collected. The
+    collection may run on any thread (a garbage collection starts wherever an allocation trips it, a
+    sync_to_async worker's too): the release goes to the view's event loop."""
     if relay.finished and not relay.counted:
         return
     try:
-        task = asyncio.get_running_loop().create_task(relay.aclose())
+        running = asyncio.get_running_loop()
     except RuntimeError:
+        running = None
+    if running is loop:
+        _start_release(relay)
         return
+    try:
+        loop.call_soon_threadsafe(_start_release, relay)
+    except RuntimeError:
+        pass  # that loop is closed: nothing left to release on it
+
+
+def _start_release(relay: Relay) -> None:
+    task = asyncio.get_running_loop().create_task(relay.aclose())
     _releasing.add(task)
     task.add_done_callback(_releasing.discard)
 
