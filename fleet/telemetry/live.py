@@ -201,7 +201,7 @@ class LiveTelemetry:
         now = time.time() if now is None else now
         live = self.node(node_id)
         skew = now - batch.sent
-        newest = max(live.newest, (live.window.newest() if live.window else None) or 0.0)
+        newest = live.newest  # every point folded in moved it, the window's included
         for point in sorted(batch.points, key=lambda p: p.ts):
             ts = point.ts + skew
             if ts <= newest or ts < now - WINDOW_SECONDS or ts > now:

@@ -48,6 +48,11 @@ def _point_ts(point: str) -> float:
     return float(point[1:point.index(",")])
 
 
+def _json_after(points: list[str], since: float) -> str:
+    """The window points (JSON each) newer than ``since`` (all of them without) as one JSON array."""
+    return "[" + ",".join(p for p in points if not since or _point_ts(p) > since) + "]"
+
+
 class LocalStore:
     shared = False
 
@@ -202,8 +207,7 @@ class RedisStore:
                 if len(points) < count or (points and _point_ts(points[0]) <= since):
                     break
                 count *= 4
-            points = [p for p in points if _point_ts(p) > since]
-        return "[" + ",".join(points) + "]"
+        return _json_after(points, since)
 
     async def points_many(self, wanted: dict[int, float]) -> dict[int, str]:
         """``points`` for many nodes (node → since) in one round trip: a poller's reads wait a turn of a busy
@@ -217,7 +221,7 @@ class RedisStore:
             if since and len(points) == 16 and _point_ts(points[0]) > since:
                 found[node_id] = await self.points(node_id, since)  # a burst: the growing reads
             else:
-                found[node_id] = "[" + ",".join(p for p in points if not since or _point_ts(p) > since) + "]"
+                found[node_id] = _json_after(points, since)
         return found
 
     async def heat(self) -> dict[int, str]:
