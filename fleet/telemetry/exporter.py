@@ -81,11 +81,13 @@ def dcgm_text(names: set[str], nodes: dict[int, dict]) -> str:
     if not wanted and not free_wanted:
         return ""
     slots = [VALUE_FIELDS.index(field) if field in VALUE_FIELDS else None for _, _, field, _ in DCGM_FIELDS]
-    models = {(g["node_id"], g["uuid"]): g["name"] for g in Gpu.objects.values("node_id", "uuid", "name")}
+    # keyed by "node uuid" strings: the GC does not track them (a tuple per GPU, held through the render,
+    # helped set off full collections)
+    models = {f"{node_id} {uuid}": name for node_id, uuid, name in Gpu.objects.values_list("node_id", "uuid", "name")}
     lines: list[list[str]] = [[] for _ in DCGM_FIELDS]
     free: list[str] = []
     now = time.time()
-    for node_id, ts, gpus in sorted(get_store().gpu_values(), key=lambda entry: entry[0]):
+    for node_id, ts, gpus in get_store().gpu_values():
         node = nodes.get(node_id)
         if node is None or not is_live(node["status"], ts, now):
             continue  # offline, revoked or silent: the pages say "no data since", /metrics says nothing
@@ -93,12 +95,14 @@ def dcgm_text(names: set[str], nodes: dict[int, dict]) -> str:
         for index, uuid, lost, values, last_xid in gpus:
             if lost:
                 continue  # DCGM stops exporting a GPU it cannot read
-            model = _label(models.get((node_id, uuid), ""))
+            model = _label(models.get(f"{node_id} {uuid}", ""))
             labels = f'{{Hostname="{host}",UUID="{_label(uuid)}",gpu="{index}",modelName="{model}",node="{name}"}} '
             for k, family, _, _, scale in wanted:
                 value = last_xid if slots[k] is None else values[slots[k]]
                 if value is not None:
-                    lines[k].append(f"{family}{labels}{floatToGoString(value * scale)}\n")
+                    value = float(value * scale)  # floatToGoString differs from repr only outside (-1e6, 1e6)
+                    text = repr(value) if -1e6 < value < 1e6 else floatToGoString(value)
+                    lines[k].append(f"{family}{labels}{text}\n")
             used, total = values[USED], values[TOTAL]
             if free_wanted and used is not None and total is not None:
                 free.append(f"{FB_FREE[0]}{labels}{floatToGoString(max(0, total - used) / MIB)}\n")

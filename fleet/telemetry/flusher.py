@@ -98,11 +98,12 @@ async def _flush_forever() -> None:
         try:
             now = time.time()
             live_telemetry.finish_stale(now)
-            trimmer.observe(live_telemetry.connections, loop.time())
             if store.shared:
                 await store.push(live_telemetry)
+                live_telemetry.drop_released()
             else:
                 live_telemetry.dirty.clear()
+            trimmer.observe(live_telemetry.connections, loop.time())
             seen_due = live_telemetry.seen and now - last_seen >= settings.FLEET_HEARTBEAT_INTERVAL
             db_due = (live_telemetry.rollups or live_telemetry.alerts) and now - last_db >= DB_INTERVAL
             # hellos with unchanged facts (a reconnect storm) are written every tick: their nodes wait for it

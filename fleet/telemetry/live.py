@@ -144,6 +144,7 @@ class LiveTelemetry:
         self.nodes: dict[int, NodeLive] = {}
         self.dirty: set[int] = set()
         self.seen: set[int] = set()  # nodes heard from since last_seen was last written (one UPDATE for all)
+        self.released: set[int] = set()  # shared mode: nodes whose last connection closed, dropped after a push
         self.rollups: list[dict[str, Any]] = []  # finished minutes waiting for bulk_create
         self.alerts: list[dict[str, Any]] = []  # derived alerts waiting for the DB writer
         self.seq = 0  # bumps on every accepted frame: "something changed" for fleet-wide readers
@@ -175,6 +176,9 @@ class LiveTelemetry:
         if not live.connections:
             for acc in list(live.minutes.values()):
                 self._finish(live, acc)
+            if self.shared:  # Redis holds its latest frame and window: nothing to keep once they are pushed
+                self.released.add(node_id)
+                return
             newest = next(live.window.newest_first(), None) if live.window else None
             if newest is not None:
                 live.last_point = points_json(newest)
@@ -325,6 +329,20 @@ class LiveTelemetry:
         rollups, alerts = self.rollups, self.alerts
         self.rollups, self.alerts = [], []
         return rollups, alerts
+
+    def drop_released(self) -> int:
+        """Shared mode, after a push: forget the nodes whose last connection closed (their latest frame and
+        points are in Redis). Their small objects, rewritten every frame, sat all over the allocator's arenas:
+        kept, they held most of a departed fleet's memory. Alert state goes with them, as when the agent
+        reconnects to another process: the alert writer dedupes open conditions and recent events."""
+        dropped = 0
+        for node_id in self.released:
+            live = self.nodes.get(node_id)
+            if live is not None and not live.connections and not live.unflushed:
+                del self.nodes[node_id]
+                dropped += 1
+        self.released = {nid for nid in self.released if nid in self.nodes and not self.nodes[nid].connections}
+        return dropped
 
     def forget(self, node_id: int) -> None:
         """Drop a node's state (deleted node). Finished minutes are kept for the writer."""

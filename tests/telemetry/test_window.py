@@ -207,3 +207,26 @@ def test_a_process_feeding_redis_keeps_no_window_of_its_own():
                                                     {"ts": T0 + 300, "gpus": [gpu(0)]}]})
     shared.ingest_batch(1, batch, now=T0 + 300)
     assert [json.loads(point)[0] for point in live.unflushed] == [T0 + 300]  # the point already held is skipped
+
+
+def test_a_process_feeding_redis_forgets_a_departed_node_once_its_points_are_pushed():
+    """Redis holds a departed node's latest frame and window: the process drops its state after the push
+    that copies the last points (not before: they would be lost), and not when the agent came back."""
+    shared = LiveTelemetry()
+    shared.shared = True
+    for node_id in (1, 2):
+        shared.attach(node_id)
+        shared.ingest(node_id, frame(T0, gpu(0)), now=T0)
+    shared.detach(1)
+    shared.detach(2)
+    shared.attach(2)  # reconnected before the flusher's next push
+    assert shared.drop_released() == 0 and set(shared.nodes) == {1, 2}  # node 1's point is not pushed yet
+    for live in shared.nodes.values():
+        live.unflushed.clear()  # pushed
+    assert shared.drop_released() == 1 and set(shared.nodes) == {2}
+    rollups, _ = shared.take()
+    assert sorted(row["node_id"] for row in rollups) == [1, 2]  # running minutes finished at each last detach
+    assert shared.released == set() and shared.drop_released() == 0
+    shared.detach(2)
+    shared.nodes[2].unflushed.clear()
+    assert shared.drop_released() == 1 and shared.nodes == {}
