@@ -24,6 +24,7 @@ from fleet.inventory import sites
 from fleet.inventory.models import NodeStatus
 from fleet.lib.errors import FieldError
 from fleet.lib.ratelimit import TokenBucket
+from fleet.telemetry.flusher import get_shedder
 from fleet.telemetry.ingest import AgentTelemetry
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.base_send = send
         self.turn = asyncio.Lock()
         reader: asyncio.Task | None = None
+        # Daphne's receive is the get of this connection's queue: what waits in it says the process is
+        # falling behind (the shedder tells every agent a longer interval once many connections are)
+        queue = getattr(receive, "__self__", None)
+        waiting = queue.qsize if isinstance(queue, asyncio.Queue) else None
+        shedder = get_shedder()
         try:
             while True:
                 message = await receive()
+                if waiting is not None:
+                    shedder.backlog(id(self), waiting())
                 async with self.turn:
                     await self.dispatch(message)
                 if reader is None and self.counted:

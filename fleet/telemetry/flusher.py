@@ -92,9 +92,9 @@ async def _flush_forever() -> None:
         started = loop.time()
         await asyncio.sleep(FLUSH_INTERVAL)
         lag = loop.time() - started - FLUSH_INTERVAL
-        if shed.observe(lag):
-            log.warning("telemetry: event loop lag %.2fs; agents now asked for metrics every %gs",
-                        lag, metrics_interval())
+        if shed.observe(lag, connections=live_telemetry.connections):
+            log.warning("telemetry: event loop lag %.2fs, %d connection(s) behind; agents now asked for metrics "
+                        "every %gs", lag, shed.last_behind, metrics_interval())
         try:
             now = time.time()
             live_telemetry.finish_stale(now)

@@ -12,7 +12,7 @@ from django.db.backends import utils as db_utils
 
 from fleet.telemetry import flusher
 from fleet.telemetry.live import live_telemetry
-from tests.server.test_agent_socket import connect_and_hello
+from tests.server.test_agent_socket import connect_and_hello, hello
 from tests.telemetry.conftest import gpu, metrics_frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -149,6 +149,56 @@ def test_shedder_raises_and_lowers_the_level():
     assert shed.level == 1 and shed.interval(1.0) == 2.0
     assert not shed.observe(0.0, now=110) and shed.observe(0.0, now=141)
     assert shed.level == 0
+
+
+def test_shedder_counts_connections_falling_behind_not_one_flooding_agent():
+    from fleet.telemetry.limits import BACKLOG_FRAMES, Shedder
+
+    shed = Shedder(threshold=0.5)
+    for tick in range(10):  # one agent keeps its own queue full: nobody else is slowed
+        shed.backlog(1, 100)
+        assert not shed.observe(0.0, now=100 + tick, connections=200)
+    assert shed.level == 0 and shed.last_behind == 1
+    for tick in range(2):  # four connections of 200 behind, twice: the 2% share (and at least 5) is not met
+        for connection in range(4):
+            shed.backlog(connection, BACKLOG_FRAMES + 1)
+        shed.backlog(99, BACKLOG_FRAMES)  # at the limit: not behind
+        assert not shed.observe(0.0, now=120 + tick, connections=200)
+    for tick in range(2):  # five behind, two ticks in a row: the level rises though the loop never lagged
+        for connection in range(5):
+            shed.backlog(connection, BACKLOG_FRAMES + 1)
+        changed = shed.observe(0.0, now=130 + tick, connections=200)
+    assert changed and shed.level == 1 and shed.behind == set()
+
+
+async def test_frames_waiting_in_many_connections_tell_every_agent_a_longer_interval(make_node, fast):
+    """The process falls behind without its loop lagging (offered twice what it can take, each turn of the
+    loop stays short while Daphne's queues grow): the queues say so, and the agents are told to slow down."""
+    fast.FLEET_AGENT_MAX_FRAMES_PER_SECOND = 10_000
+    comms = []
+    for i in range(5):
+        _, secret = await database_sync_to_async(make_node)(f"gpu-{i:02d}")
+        comms.append(await connect_and_hello(secret, hello(gpus=0)))  # GPU uuids are unique fleet-wide
+    assert flusher.get_shedder().level == 0
+    controls: list[dict] = []
+    for burst in range(40):  # 12 frames land in each queue at once, every 0.1 s, for up to 4 s
+        for comm in comms:
+            for k in range(12):
+                frame = metrics_frame(burst * 12 + k + 1.0, [gpu(0)])
+                comm.input_queue.put_nowait({"type": "websocket.receive", "text": json.dumps(frame)})
+        await asyncio.sleep(0.1)
+        for comm in comms:
+            while not comm.output_queue.empty():
+                output = json.loads((await comm.receive_output())["text"])
+                if output["type"] == "control":
+                    controls.append(output)
+        if len(controls) == len(comms):
+            break
+    assert flusher.get_shedder().level >= 1
+    assert [c["reason"] for c in controls] == ["server under load"] * len(comms)
+    assert all(c["metrics_interval"] == pytest.approx(2e-6) for c in controls)
+    for comm in comms:
+        await comm.disconnect()
 
 
 def test_frame_gate_drops_over_budget_before_parsing_and_flags_a_flood():
