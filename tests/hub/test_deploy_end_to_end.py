@@ -130,8 +130,14 @@ def test_deploy_activate_resume_verify_and_refuse(stack, upstream, tmp_path) -> 
         import hashlib
 
         digest = hashlib.sha256(files_v2["model.safetensors"]).hexdigest()
-        logs = "".join(path.read_text() for path in tmp_path.glob("daphne-*.log"))
-        sent = [int(m) // MIB for m in re.findall(rf"blob {digest[:12]} range=(\d+)-\d+ sent=", logs)]
+
+        def sent_ranges() -> list[int]:
+            logs = "".join(path.read_text() for path in tmp_path.glob("daphne-*.log"))
+            return [int(m) // MIB for m in re.findall(rf"blob {digest[:12]} range=(\d+)-\d+ sent=", logs)]
+
+        # the blob server logs a range once it is sent: the agent may have it (and be staged) first
+        wait_until(lambda: set(sent_ranges()) >= set(range(12)), 30, "the server's log line of every range")
+        sent = sent_ranges()
         # the ranges written before the kill were sent once: the restart fetched only the missing ones
         assert all(sent.count(i) == 1 for i in done) and set(sent) == set(range(12)), (done, sent)
 
