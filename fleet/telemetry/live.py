@@ -332,9 +332,9 @@ class LiveTelemetry:
 
     def drop_released(self) -> int:
         """Shared mode, after a push: forget the nodes whose last connection closed (their latest frame and
-        points are in Redis). Their small objects, rewritten every frame, sat all over the allocator's arenas:
-        kept, they held most of a departed fleet's memory. Alert state goes with them, as when the agent
-        reconnects to another process: the alert writer dedupes open conditions and recent events."""
+        points are in Redis); kept, every node that ever connected stayed in the process for good (its
+        latest frame, ~3 KB, and alert state). Alert state goes with them, as when the agent reconnects to
+        another process: the alert writer dedupes open conditions and recent events."""
         dropped = 0
         for node_id in self.released:
             live = self.nodes.get(node_id)
