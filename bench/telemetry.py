@@ -40,18 +40,9 @@ sys.path.insert(0, str(ROOT))
 PROBES = 16  # "browser" sockets, each subscribed to one node (16 open node pages)
 
 from telemetry_load import browser, frames, generator  # noqa: E402  (bench/ is on sys.path)
-from telemetry_servers import Bare, Fleet, tree_cpu, tree_rss  # noqa: E402
+from telemetry_servers import Bare, Fleet, drain, fresh, scrape_twice, tree_cpu, tree_rss  # noqa: E402
 
 # ---- one phase --------------------------------------------------------------------------------------------
-
-
-async def scrape_twice(server: Fleet, start: float, duration: float) -> list[float]:
-    """Seconds each of two /metrics scrapes took, at a quarter and three quarters of the window."""
-    took = []
-    for at in (start + duration / 4, start + 3 * duration / 4):
-        await asyncio.sleep(max(0.0, at - time.time()))
-        took.append(await asyncio.to_thread(lambda: server.scrape()[1]))
-    return took
 
 
 def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int = 1, dashboards: int = 0,
@@ -152,33 +143,6 @@ def phase(server: Fleet | Bare, n: int, args: argparse.Namespace, processes: int
             "p50": pct(0.5), "p99": pct(0.99), "samples": len(latencies), "dashboards": dashboards,
             "p99_in_server": in_server[int(0.99 * len(in_server))] if in_server else None,
             "rss_idle": rss_idle, **extra}
-
-
-def fresh(read) -> tuple[float, float]:
-    """A counter the server publishes in steps (every 0.1-0.5 s) read just after it stepped, with the
-    time: rates from two such reads are not off by a step's worth."""
-    first = read()
-    deadline = time.time() + 2.0
-    while time.time() < deadline:
-        time.sleep(0.02)
-        value = read()
-        if value != first:
-            return value, time.time()
-    return first, time.time()
-
-
-def drain(server: Fleet, n: int, limit: float) -> float:
-    """Wait (at most ``limit`` s) until the server accepts frames no faster than the agents send them (1 Hz
-    each): a backlog queued during the connect is gone. Returns when."""
-    deadline = time.time() + limit
-    last, at = fresh(server.frames)
-    while time.time() < deadline:
-        time.sleep(2.0)
-        count, now = fresh(server.frames)
-        rate, last, at = (count - last) / (now - at), count, now
-        if rate <= 1.05 * n:
-            break
-    return time.time()
 
 
 CEILINGS = ("bare", "daphne")  # servers that only parse and count: no browser latency to measure

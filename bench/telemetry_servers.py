@@ -1,8 +1,10 @@
 """The servers bench/telemetry.py measures side by side: Fleet (1 or N Daphne processes on the production
-path, PostgreSQL + Redis; or the embedded default) and a bare `websockets` server (the ceiling)."""
+path, PostgreSQL + Redis; or the embedded default) and a bare `websockets` server (the ceiling), and the
+readings a phase takes of them (frame counters, /metrics scrapes)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -224,3 +226,42 @@ class Bare:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+# ---- readings taken while a phase runs ------------------------------------------------------------------
+
+
+def fresh(read) -> tuple[float, float]:
+    """A counter the server publishes in steps (every 0.1-0.5 s) read just after it stepped, with the
+    time: rates from two such reads are not off by a step's worth."""
+    first = read()
+    deadline = time.time() + 2.0
+    while time.time() < deadline:
+        time.sleep(0.02)
+        value = read()
+        if value != first:
+            return value, time.time()
+    return first, time.time()
+
+
+def drain(server: Fleet, n: int, limit: float) -> float:
+    """Wait (at most ``limit`` s) until the server accepts frames no faster than the agents send them (1 Hz
+    each): a backlog queued during the connect is gone. Returns when."""
+    deadline = time.time() + limit
+    last, at = fresh(server.frames)
+    while time.time() < deadline:
+        time.sleep(2.0)
+        count, now = fresh(server.frames)
+        rate, last, at = (count - last) / (now - at), count, now
+        if rate <= 1.05 * n:
+            break
+    return time.time()
+
+
+async def scrape_twice(server: Fleet, start: float, duration: float) -> list[float]:
+    """Seconds each of two /metrics scrapes took, at a quarter and three quarters of the window."""
+    took = []
+    for at in (start + duration / 4, start + 3 * duration / 4):
+        await asyncio.sleep(max(0.0, at - time.time()))
+        took.append(await asyncio.to_thread(lambda: server.scrape()[1]))
+    return took

@@ -135,12 +135,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         # falling behind (the shedder tells every agent a longer interval once many connections are)
         queue = getattr(receive, "__self__", None)
         waiting = queue.qsize if isinstance(queue, asyncio.Queue) else None
-        shedder = get_shedder()
+        shedder, me = get_shedder(), id(self)
         try:
             while True:
                 message = await receive()
                 if waiting is not None:
-                    shedder.backlog(id(self), waiting())
+                    shedder.backlog(me, waiting())
                 async with self.turn:
                     await self.dispatch(message)
                 if reader is None and self.counted:

@@ -335,13 +335,17 @@ class LiveTelemetry:
         points are in Redis); kept, every node that ever connected stayed in the process for good (its
         latest frame, ~3 KB, and alert state). Alert state goes with them, as when the agent reconnects to
         another process: the alert writer dedupes open conditions and recent events."""
-        dropped = 0
+        dropped, waiting = 0, set()
         for node_id in self.released:
             live = self.nodes.get(node_id)
-            if live is not None and not live.connections and not live.unflushed:
-                del self.nodes[node_id]
-                dropped += 1
-        self.released = {nid for nid in self.released if nid in self.nodes and not self.nodes[nid].connections}
+            if live is None or live.connections:
+                continue  # forgotten (deleted), or its agent came back
+            if live.unflushed:
+                waiting.add(node_id)  # points not pushed yet: the next push copies them
+                continue
+            del self.nodes[node_id]
+            dropped += 1
+        self.released = waiting
         return dropped
 
     def forget(self, node_id: int) -> None:

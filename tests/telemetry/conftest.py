@@ -8,14 +8,12 @@ from fleet.telemetry.live import live_telemetry
 
 @pytest.fixture(autouse=True)
 def fresh_live_telemetry():
-    """Live telemetry is per process: every test starts from an empty one, on the embedded store (a process
-    that feeds Redis keeps no window of its own; RedisStore.push marks it so), and no load shedding."""
+    """Live telemetry is per process: every test starts from an empty one (on the embedded store: the root
+    conftest's _embedded_live_telemetry), and no load shedding."""
     live_telemetry.reset()
-    live_telemetry.shared = False
     flusher.shedder = None
     yield live_telemetry
     live_telemetry.reset()
-    live_telemetry.shared = False
     flusher.shedder = None
 
 

@@ -186,4 +186,3 @@ def test_redis_store_reads_one_page_of_frames(services) -> None:
         assert store.latest_of([]) == {}
     finally:
         store.sync.delete(*store.sync.keys(store.prefix + ":*"))
-        live_telemetry.shared = False  # push marked this process as feeding Redis: later tests are embedded
